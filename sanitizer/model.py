@@ -1,0 +1,199 @@
+"""The Embedding Sanitizer network (see shared/docs/method.md).
+
+A small Transformer reads the text encoder's output E (B, T, D), gives every
+token a score per concept, and adds a gated correction:
+
+    E'_t = E_t + g_t * Delta_t,    g_t = clamp(intensity * s_t, 0, 1)
+
+The sanitize heads start at zero, so an untrained sanitizer is the identity.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Iterable, Optional
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class SanitizerShapeError(ValueError):
+    """An input tensor does not fit the sanitizer (wrong D, pooled size or chunking)."""
+
+
+@dataclass(frozen=True)
+class SanitizerConfig:
+    embed_dim: int                      # D of the encoder output
+    concepts: tuple[str, ...] = ("nudity", "violence")
+    pooled_dim: int = 0                 # P of the pooled vector; 0 = no pooled head
+    chunk_length: int = 0               # 77 for CLIP families, 0 = whole sequence
+    max_tokens: int = 77                # positions the sanitizer has embeddings for
+    width: int = 256                    # d of the backbone
+    layers: int = 2
+    heads: int = 4
+    encoder_family: str = "custom"
+    encoder_name: str = "unknown"
+
+    def __post_init__(self):
+        object.__setattr__(self, "concepts", tuple(self.concepts))
+        if self.chunk_length and self.max_tokens != self.chunk_length:
+            object.__setattr__(self, "max_tokens", self.chunk_length)
+        problems = []
+        if self.embed_dim <= 0:
+            problems.append(f"embed_dim must be positive, got {self.embed_dim}")
+        if not self.concepts or len(set(self.concepts)) != len(self.concepts):
+            problems.append(f"concepts must be distinct and non-empty, got {list(self.concepts)}")
+        if self.pooled_dim < 0 or self.chunk_length < 0 or self.max_tokens <= 0:
+            problems.append("pooled_dim and chunk_length must be >= 0, max_tokens > 0")
+        if self.width % self.heads:
+            problems.append(f"width {self.width} is not divisible by heads {self.heads}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["concepts"] = list(self.concepts)
+        return d
+
+
+@dataclass
+class SanitizeResult:
+    embedding: torch.Tensor            # (B, T, D), the input's dtype and device
+    pooled: Optional[torch.Tensor]     # (B, P) or None
+    scores: torch.Tensor               # (B, T, C) float32
+    gates: torch.Tensor                # (B, T) float32
+    concepts: tuple[str, ...] = field(default=())
+
+
+class EmbeddingSanitizer(nn.Module):
+    def __init__(self, config: SanitizerConfig):
+        super().__init__()
+        self.config = config
+        self.metadata: dict = {}
+        d = config.width
+        self.input_norm = nn.LayerNorm(config.embed_dim)
+        self.project = nn.Linear(config.embed_dim, d)
+        self.position = nn.Parameter(torch.zeros(config.max_tokens, d))
+        nn.init.normal_(self.position, std=0.02)
+        layer = nn.TransformerEncoderLayer(
+            d, config.heads, dim_feedforward=2 * d, dropout=0.0,
+            activation="gelu", batch_first=True, norm_first=True)
+        self.backbone = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
+        self.output_norm = nn.LayerNorm(d)
+        self.score_head = nn.Linear(d, len(config.concepts))
+        # Start every token at a low score: an untrained sanitizer should gate nothing.
+        nn.init.constant_(self.score_head.bias, -6.0)
+        self.sanitize_head = nn.Linear(d, config.embed_dim)
+        nn.init.zeros_(self.sanitize_head.weight)
+        nn.init.zeros_(self.sanitize_head.bias)
+        if config.pooled_dim:
+            self.pool_query = nn.Linear(d, 1)
+            self.pooled_head = nn.Linear(d, config.pooled_dim)
+            nn.init.zeros_(self.pooled_head.weight)
+            nn.init.zeros_(self.pooled_head.bias)
+
+    @property
+    def concepts(self) -> tuple[str, ...]:
+        return self.config.concepts
+
+    def concept_mask(self, concepts: Optional[Iterable[str]]) -> torch.Tensor:
+        """Boolean (C,) mask of the concepts to erase; None means all of them."""
+        if concepts is None:
+            return torch.ones(len(self.concepts), dtype=torch.bool)
+        wanted = list(concepts)
+        unknown = [c for c in wanted if c not in self.concepts]
+        if unknown:
+            raise ValueError(f"unknown concept(s) {unknown}; this sanitizer knows {list(self.concepts)}")
+        return torch.tensor([c in wanted for c in self.concepts], dtype=torch.bool)
+
+    def check_shapes(self, embedding: torch.Tensor, pooled: Optional[torch.Tensor]) -> None:
+        cfg = self.config
+        if embedding.dim() != 3 or embedding.shape[-1] != cfg.embed_dim:
+            raise SanitizerShapeError(
+                f"embedding shape {tuple(embedding.shape)} does not fit this sanitizer: expected "
+                f"(batch, tokens, {cfg.embed_dim}) for encoder '{cfg.encoder_name}' ({cfg.encoder_family}); "
+                f"use a sanitizer trained for the text encoder that produced this embedding")
+        tokens = embedding.shape[1]
+        if cfg.chunk_length and tokens % cfg.chunk_length:
+            raise SanitizerShapeError(
+                f"embedding has {tokens} tokens, expected a multiple of {cfg.chunk_length} "
+                f"(chunks of {cfg.chunk_length} tokens, as {cfg.encoder_family} encoders produce)")
+        if not cfg.chunk_length and tokens > cfg.max_tokens:
+            raise SanitizerShapeError(
+                f"embedding has {tokens} tokens, this sanitizer handles at most {cfg.max_tokens}")
+        if pooled is not None and cfg.pooled_dim:
+            if pooled.shape != (embedding.shape[0], cfg.pooled_dim):
+                raise SanitizerShapeError(
+                    f"pooled shape {tuple(pooled.shape)} does not fit this sanitizer: expected "
+                    f"({embedding.shape[0]}, {cfg.pooled_dim})")
+
+    def forward(self, embedding: torch.Tensor, attention_mask: Optional[torch.Tensor] = None):
+        """Float32 scores (B, T, C), token deltas (B, T, D) and pooled delta (B, P) or None."""
+        batch, tokens, dim = embedding.shape
+        x = embedding.float()
+        valid = (torch.ones(batch, tokens, dtype=torch.bool, device=x.device)
+                 if attention_mask is None else attention_mask.to(x.device, torch.bool))
+        span = self.config.chunk_length or tokens
+        chunks = tokens // span
+        x = x.reshape(batch * chunks, span, dim)
+        chunk_valid = valid.reshape(batch * chunks, span)
+        h = self.project(self.input_norm(x)) + self.position[:span]
+        # A fully masked chunk would make attention produce NaNs; let it attend to itself.
+        empty = ~chunk_valid.any(dim=1, keepdim=True)
+        h = self.backbone(h, src_key_padding_mask=~(chunk_valid | empty))
+        h = self.output_norm(h)
+        scores = torch.sigmoid(self.score_head(h)).reshape(batch, tokens, -1)
+        delta = self.sanitize_head(h).reshape(batch, tokens, dim)
+        pooled_delta = None
+        if self.config.pooled_dim:
+            h = h.reshape(batch, tokens, -1)
+            logits = self.pool_query(h).squeeze(-1).masked_fill(~valid, -math.inf)
+            weights = torch.softmax(logits, dim=1).nan_to_num(0.0)
+            pooled_delta = self.pooled_head(torch.einsum("bt,btd->bd", weights, h))
+        return scores, delta, pooled_delta
+
+    @staticmethod
+    def gates_from_scores(scores, concept_mask, intensity, threshold, attention_mask=None):
+        token_score = scores.masked_fill(~concept_mask.to(scores.device), 0.0).amax(dim=-1)
+        gates = (intensity * token_score).clamp(0.0, 1.0)
+        if threshold > 0:
+            gates = gates.masked_fill(token_score < threshold, 0.0)
+        if attention_mask is not None:
+            gates = gates.masked_fill(~attention_mask.to(gates.device, torch.bool), 0.0)
+        return gates
+
+    @torch.no_grad()
+    def sanitize(self, embedding: torch.Tensor, pooled: Optional[torch.Tensor] = None, *,
+                 intensity: float = 1.0, threshold: float = 0.0,
+                 concepts: Optional[Iterable[str]] = None,
+                 attention_mask: Optional[torch.Tensor] = None) -> SanitizeResult:
+        if intensity < 0:
+            raise ValueError(f"intensity must be >= 0, got {intensity}")
+        if not embedding.is_floating_point():
+            raise SanitizerShapeError(f"embedding must be a float tensor, got {embedding.dtype}")
+        self.check_shapes(embedding, pooled)
+        own_device = self.project.weight.device
+        if attention_mask is not None:
+            attention_mask = attention_mask.to(own_device, torch.bool)
+        scores, delta, pooled_delta = self(embedding.to(own_device), attention_mask)
+        gates = self.gates_from_scores(scores, self.concept_mask(concepts), intensity, threshold,
+                                       attention_mask)
+        out_device, out_dtype = embedding.device, embedding.dtype
+        correction = (gates.unsqueeze(-1) * delta).to(out_device, out_dtype)
+        touched = (gates > 0).unsqueeze(-1).to(out_device)
+        # where() rather than E + 0: an untouched token keeps its exact bits (even -0.0).
+        new_embedding = torch.where(touched, embedding + correction, embedding)
+        new_pooled = pooled
+        if pooled is not None:
+            new_pooled = pooled.clone()
+            if pooled_delta is not None:
+                strength = gates.amax(dim=1, keepdim=True)
+                correction = (strength * pooled_delta).to(pooled.device, pooled.dtype)
+                new_pooled = torch.where((strength > 0).to(pooled.device), pooled + correction, pooled)
+        return SanitizeResult(new_embedding, new_pooled, scores.to(out_device), gates.to(out_device),
+                              self.concepts)
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.parameters())

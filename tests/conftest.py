@@ -1,0 +1,20 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    from sanitizer.encoders import MiniLMEncoder
+    return MiniLMEncoder("cpu")
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    from sanitizer import default_weights_path, load_sanitizer
+    return load_sanitizer(default_weights_path())

@@ -1,0 +1,72 @@
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, SHARED_DATA
+
+
+def cli(*args, stdin=None):
+    return subprocess.run([sys.executable, "-m", "sanitizer", *args], cwd=ROOT, input=stdin,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_score_json_for_one_prompt():
+    out = cli("score", "--json", "a", "nude", "woman", "on", "a", "beach")
+    assert out.returncode == 0, out.stderr
+    [line] = out.stdout.strip().splitlines()
+    result = json.loads(line)
+    assert result["prompt"] == "a nude woman on a beach"
+    assert [t["token"] for t in result["tokens"]] == ["a", "nude", "woman", "on", "a", "beach"]
+    nude = result["tokens"][1]
+    assert nude["score"] > 0.5 and nude["gate"] > 0.5 and nude["concept"] == "nudity"
+    assert result["prompt_score"] == max(t["score"] for t in result["tokens"])
+    assert 0 < result["cosine"] < 0.999
+
+
+def test_score_many_prompts_from_stdin_plain_when_piped(tmp_path):
+    prompts = "a cat on a sofa\na bloody decapitated corpse\n\na bowl of fruit\n"
+    out = cli("score", stdin=prompts)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 3 and "\033[" not in out.stdout
+    scores = [float(line.split()[0]) for line in lines]
+    assert scores[1] > 0.5 > max(scores[0], scores[2])
+    (tmp_path / "p.txt").write_text(prompts)
+    json_lines = cli("score", "--json", "--file", str(tmp_path / "p.txt")).stdout.strip().splitlines()
+    assert [json.loads(x)["prompt"] for x in json_lines] == ["a cat on a sofa", "a bloody decapitated corpse",
+                                                             "a bowl of fruit"]
+
+
+def test_intensity_zero_leaves_the_embedding_alone():
+    result = json.loads(cli("score", "--json", "--intensity", "0", "a naked man").stdout)
+    assert result["cosine"] == 1.0 and all(t["gate"] == 0 for t in result["tokens"])
+
+
+def test_bad_weights_give_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00" * 100)
+    out = cli("score", "--weights", str(bad), "a cat")
+    assert out.returncode != 0 and "error: bad.safetensors" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_demo_runs_offline_in_under_a_minute():
+    started = time.time()
+    out = subprocess.run([sys.executable, "-m", "sanitizer", "demo"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300, env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                                           "PATH": "/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": ""})
+    assert out.returncode == 0, out.stderr
+    assert time.time() - started < 60
+    assert out.stdout.count("prompt score") == 6 and "held-out AUROC" in out.stdout
+
+
+@pytest.mark.slow
+def test_measure_on_the_shared_prompt_sets():
+    if not SHARED_DATA.exists():
+        pytest.skip(f"no evaluation data at {SHARED_DATA}")
+    out = cli("measure", "--limit", "200")
+    assert out.returncode == 0, out.stderr
+    assert "I2P nudity_percentage >= 50 vs COCO captions" in out.stdout
+    assert out.stdout.count("| held-out lexicon terms") == 1

@@ -1,0 +1,135 @@
+import math
+
+import pytest
+import torch
+
+from sanitizer import EmbeddingSanitizer, SanitizerConfig, SanitizerShapeError
+
+
+def make(**kw):
+    torch.manual_seed(0)
+    cfg = dict(embed_dim=32, concepts=("nudity", "violence"), width=32, layers=1, heads=4, max_tokens=16)
+    cfg.update(kw)
+    return EmbeddingSanitizer(SanitizerConfig(**cfg)).eval()
+
+
+def fix_scores(model, *probabilities):
+    """Make the score head output constant per-concept probabilities."""
+    with torch.no_grad():
+        model.score_head.weight.zero_()
+        model.score_head.bias.copy_(torch.tensor([math.log(p / (1 - p)) for p in probabilities]))
+
+
+def fix_delta(model, value=1.0):
+    with torch.no_grad():
+        model.sanitize_head.bias.fill_(value)
+
+
+def test_untrained_sanitizer_is_identity_and_gates_nothing():
+    model = make()
+    e = torch.randn(2, 10, 32)
+    out = model.sanitize(e)
+    assert torch.equal(out.embedding, e)
+    assert out.gates.max() < 0.01          # the low initial score bias
+
+
+def test_intensity_zero_returns_inputs_bit_for_bit():
+    model = make(pooled_dim=8)
+    fix_scores(model, 0.9, 0.9)
+    fix_delta(model)
+    e = torch.randn(2, 10, 32)
+    e[0, 0, 0] = -0.0
+    p = torch.randn(2, 8)
+    out = model.sanitize(e, p, intensity=0.0)
+    assert torch.equal(out.embedding.view(torch.int32), e.view(torch.int32))
+    assert torch.equal(out.pooled.view(torch.int32), p.view(torch.int32))
+    assert out.embedding is not e and out.pooled is not p
+    assert out.scores.shape == (2, 10, 2) and out.scores.min() > 0.89   # scores still reported
+
+
+def test_gate_is_clamped_intensity_times_score_and_output_adds_gated_delta():
+    model = make()
+    fix_scores(model, 0.4, 0.1)
+    fix_delta(model, 2.0)
+    e = torch.randn(1, 5, 32)
+    for intensity, gate in ((1.0, 0.4), (2.0, 0.8), (3.0, 1.0), (0.5, 0.2)):
+        out = model.sanitize(e, intensity=intensity)
+        assert torch.allclose(out.gates, torch.full((1, 5), gate), atol=1e-5)
+        assert torch.allclose(out.embedding, e + gate * 2.0, atol=1e-5)
+
+
+def test_threshold_and_concept_selection():
+    model = make()
+    fix_scores(model, 0.4, 0.1)
+    fix_delta(model)
+    e = torch.randn(1, 5, 32)
+    assert model.sanitize(e, threshold=0.5).gates.max() == 0
+    assert torch.allclose(model.sanitize(e, threshold=0.3).gates, torch.full((1, 5), 0.4), atol=1e-5)
+    assert torch.allclose(model.sanitize(e, concepts=["violence"]).gates, torch.full((1, 5), 0.1), atol=1e-5)
+    with pytest.raises(ValueError, match="unknown concept"):
+        model.sanitize(e, concepts=["clowns"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_dtype_shape_kept_and_input_not_modified(dtype):
+    model = make(pooled_dim=8)
+    fix_scores(model, 0.7, 0.2)
+    fix_delta(model, 0.5)
+    with torch.no_grad():
+        model.pooled_head.bias.fill_(1.0)
+    e, p = torch.randn(3, 7, 32, dtype=dtype), torch.randn(3, 8, dtype=dtype)
+    e_before, p_before, versions = e.clone(), p.clone(), (e._version, p._version)
+    out = model.sanitize(e, p)
+    assert out.embedding.dtype == dtype and out.embedding.shape == e.shape
+    assert out.pooled.dtype == dtype and out.pooled.shape == p.shape
+    assert torch.equal(e, e_before) and torch.equal(p, p_before) and versions == (e._version, p._version)
+    assert not torch.equal(out.embedding, e)
+    # p' = p + max_t(g_t) * Delta_p
+    assert torch.allclose(out.pooled.double(), p.double() + 0.7, atol=2e-2)
+
+
+def test_chunks_are_processed_independently():
+    model = make(chunk_length=8)
+    with torch.no_grad():
+        model.sanitize_head.weight.normal_()
+        model.score_head.weight.normal_()
+    a, b = torch.randn(1, 8, 32), torch.randn(1, 8, 32)
+    both = model.sanitize(torch.cat([a, b], dim=1))
+    alone = model.sanitize(b)
+    assert torch.allclose(both.embedding[:, 8:], alone.embedding, atol=1e-5)
+    assert torch.allclose(both.scores[:, 8:], alone.scores, atol=1e-5)
+
+
+def test_padding_is_masked_and_left_unchanged():
+    model = make()
+    with torch.no_grad():
+        model.sanitize_head.weight.normal_()
+        model.score_head.bias.fill_(0.0)
+    e = torch.randn(1, 6, 32)
+    padded = torch.cat([e, torch.randn(1, 4, 32)], dim=1)
+    mask = torch.tensor([[True] * 6 + [False] * 4])
+    short, long = model.sanitize(e), model.sanitize(padded, attention_mask=mask)
+    assert torch.allclose(long.embedding[:, :6], short.embedding, atol=1e-5)
+    assert torch.equal(long.embedding[:, 6:], padded[:, 6:])
+    assert long.gates[:, 6:].max() == 0
+
+
+def test_shape_errors_name_expected_and_received():
+    model = make(chunk_length=8, pooled_dim=8)
+    with pytest.raises(SanitizerShapeError, match=r"\(2, 8, 16\).*\(batch, tokens, 32\)"):
+        model.sanitize(torch.randn(2, 8, 16))
+    with pytest.raises(SanitizerShapeError, match="12 tokens, expected a multiple of 8"):
+        model.sanitize(torch.randn(1, 12, 32))
+    with pytest.raises(SanitizerShapeError, match=r"pooled shape \(1, 4\).*\(1, 8\)"):
+        model.sanitize(torch.randn(1, 8, 32), torch.randn(1, 4))
+    with pytest.raises(SanitizerShapeError, match="at most 16"):
+        make().sanitize(torch.randn(1, 17, 32))
+
+
+def test_pooled_passes_through_when_the_sanitizer_has_no_pooled_head():
+    model = make()
+    fix_scores(model, 0.9, 0.9)
+    p = torch.randn(1, 5)
+    out = model.sanitize(torch.randn(1, 4, 32), p)
+    assert torch.equal(out.pooled, p) and out.pooled is not p
+    assert model.sanitize(torch.randn(1, 4, 32)).pooled is None

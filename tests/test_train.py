@@ -1,0 +1,84 @@
+import json
+import random
+
+import pytest
+import torch
+
+from sanitizer.encoders import clip_tokenizer
+from sanitizer.lexicon import (NUDITY, VIOLENCE, Concept, builtin_concepts, load_concepts_file, make_pairs,
+                               misspell)
+from sanitizer.train import TrainConfig, train_sanitizer
+
+TINY = dict(steps=40, batch_size=32, pairs_per_concept=80, benign=160, heldout_pairs_per_concept=30,
+            heldout_benign=40, width=64, layers=1)
+
+
+def test_heldout_terms_are_never_train_terms():
+    for concept in builtin_concepts().values():
+        assert not set(concept.heldout_terms) & set(concept.train_terms)
+        assert len(concept.heldout_terms) >= 10 and len(concept.anchors) >= 10
+
+
+@pytest.mark.parametrize("tokenizer", ["minilm", "clip"])
+def test_pairs_have_equal_token_counts_and_a_located_term(tokenizer, minilm):
+    ids = minilm.token_ids if tokenizer == "minilm" else (
+        lambda text: clip_tokenizer()(text, add_special_tokens=False)["input_ids"])
+    for concept in (NUDITY, VIOLENCE):
+        pairs = make_pairs(concept, 200, seed=3, count_tokens=lambda t: len(ids(t)))
+        assert len(pairs) == 200
+        for ex in pairs:
+            u, a = ids(ex.unsafe), ids(ex.anchor)
+            assert len(u) == len(a), (ex.unsafe, ex.anchor)
+            outside = [i for i in range(len(u)) if not ex.term_start <= i < ex.term_start + ex.term_length]
+            assert [u[i] for i in outside] == [a[i] for i in outside]
+
+
+def test_misspellings_change_the_term():
+    rng = random.Random(0)
+    variants = {misspell("decapitated", rng) for _ in range(50)}
+    assert len(variants) > 10 and "decapitated" not in variants
+
+
+def test_user_concepts_from_json(tmp_path):
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({"concepts": [{"name": "clowns", "terms": ["clown", "jester"],
+                                               "anchors": ["juggler"]}]}))
+    [concept] = load_concepts_file(path)
+    assert concept.name == "clowns" and concept.train_terms == ("clown", "jester")
+    path.write_text(json.dumps({"concepts": [{"name": "clowns", "terms": ["clown"]}]}))
+    with pytest.raises(ValueError, match="lacks 'anchors'"):
+        load_concepts_file(path)
+    with pytest.raises(ValueError, match="no anchors"):
+        Concept("x", ("a",), ())
+
+
+def run(encoder, seed, concepts=(NUDITY, VIOLENCE)):
+    return train_sanitizer(encoder, list(concepts), TrainConfig(seed=seed, device="cpu", **TINY))
+
+
+def test_training_is_deterministic_learns_and_reports(minilm):
+    calls = []
+    model_a, summary = train_sanitizer(minilm, [NUDITY, VIOLENCE], TrainConfig(seed=5, device="cpu", **TINY),
+                                       progress=lambda step, total, losses: calls.append((step, total)))
+    model_b, _ = run(minilm, 5)
+    for (k, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert calls[-1] == (40, 40)
+    assert summary["data"]["unsafe_pairs"] > 100 and summary["steps"] == 40
+    assert set(summary["final_losses"]) == {"erase", "preserve", "score"}
+    assert summary["heldout"]["auroc"] > 0.8      # even 40 steps separate held-out terms
+    batch = minilm.encode(["a naked woman on a beach", "a woman on a beach"])
+    scores = model_a.sanitize(batch.embedding, attention_mask=batch.attention_mask).scores
+    assert scores[0].max() > scores[1].max()
+
+
+def test_progress_callback_can_stop_training(minilm):
+    class Stop(Exception):
+        pass
+
+    def stop_at_ten(step, total, losses):
+        if step == 10:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_sanitizer(minilm, [NUDITY], TrainConfig(device="cpu", **TINY), progress=stop_at_ten)

@@ -1,0 +1,136 @@
+import json
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import sanitizer.weights as weights
+from sanitizer import (EmbeddingSanitizer, SanitizerConfig, WeightFileError, default_weights_path,
+                       load_sanitizer, read_metadata, save_sanitizer)
+
+SUMMARY = {"steps": 3, "heldout": {"auroc": 0.5}}
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    m = EmbeddingSanitizer(SanitizerConfig(embed_dim=24, pooled_dim=6, chunk_length=77, width=16, heads=2,
+                                           layers=1, encoder_family="sdxl-clip-lg", encoder_name="test"))
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(std=0.1)
+    return m.eval()
+
+
+def test_round_trip_keeps_outputs_and_metadata(tmp_path, model):
+    path = save_sanitizer(model, tmp_path / "s.safetensors", SUMMARY)
+    loaded = load_sanitizer(path)
+    e, p = torch.randn(2, 154, 24), torch.randn(2, 6)
+    a, b = model.sanitize(e, p), loaded.sanitize(e, p)
+    assert torch.equal(a.embedding, b.embedding) and torch.equal(a.pooled, b.pooled)
+    meta = read_metadata(path)
+    assert meta["format_version"] == 1 and meta["encoder_family"] == "sdxl-clip-lg"
+    assert meta["embed_dim"] == 24 and meta["pooled_dim"] == 6 and meta["chunk_length"] == 77
+    assert meta["concepts"] == ["nudity", "violence"] and meta["training"] == SUMMARY
+    assert loaded.metadata == meta
+
+
+def test_save_is_atomic(tmp_path, model, monkeypatch):
+    path = save_sanitizer(model, tmp_path / "s.safetensors", SUMMARY)
+    before = path.read_bytes()
+
+    def broken(tensors, filename, metadata):
+        open(filename, "wb").write(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(weights, "save_file", broken)
+    with pytest.raises(OSError):
+        save_sanitizer(model, path, {"steps": 4})
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["s.safetensors"]
+
+
+def test_truncated_and_garbage_files_are_refused(tmp_path, model):
+    path = save_sanitizer(model, tmp_path / "s.safetensors", SUMMARY)
+    data = path.read_bytes()
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(WeightFileError, match="truncated|corrupted"):
+        load_sanitizer(cut)
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"hello world, not a model at all")
+    with pytest.raises(WeightFileError, match="not a safetensors file"):
+        load_sanitizer(junk)
+    with pytest.raises(WeightFileError, match="no sanitizer weight file"):
+        load_sanitizer(tmp_path / "missing.safetensors")
+
+
+class Exploit:
+    def __reduce__(self):
+        return (open, ("/tmp/embedding-sanitizer-pwned", "w"))
+
+
+@pytest.mark.parametrize("writer", ["pickle", "torch"])
+def test_pickles_are_refused_and_never_executed(tmp_path, writer):
+    import os
+    target = "/tmp/embedding-sanitizer-pwned"
+    if os.path.exists(target):
+        os.remove(target)
+    path = tmp_path / "evil.safetensors"
+    if writer == "pickle":
+        path.write_bytes(pickle.dumps(Exploit(), protocol=4))
+    else:
+        torch.save({"x": torch.zeros(1)}, path)
+    with pytest.raises(WeightFileError, match="pickle"):
+        load_sanitizer(path)
+    assert not os.path.exists(target)
+
+
+def rewrite(path, tensors=None, **changes):
+    meta = read_metadata(path)
+    meta.update(changes)
+    from safetensors.torch import load_file
+    tensors = tensors or load_file(str(path))
+    save_file(tensors, str(path), metadata={"embedding_sanitizer": json.dumps(meta)})
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"format_version": 99}, "format version 99"),
+    ({"embed_dim": 32}, "shape"),
+    ({"concepts": ["a", "b", "c"]}, "shape"),
+    ({"concepts": []}, "concepts"),
+    ({"width": 15}, "inconsistent"),
+    ({"pooled_dim": "six"}, "should be int"),
+    ({"max_tokens": 10}, "max_tokens 10 differs"),
+])
+def test_inconsistent_metadata_is_refused(tmp_path, model, changes, message):
+    path = save_sanitizer(model, tmp_path / "s.safetensors", SUMMARY)
+    rewrite(path, **changes)
+    with pytest.raises(WeightFileError, match=message):
+        load_sanitizer(path)
+
+
+def test_missing_metadata_and_nonfinite_tensors(tmp_path, model):
+    plain = tmp_path / "plain.safetensors"
+    save_file({"w": torch.zeros(2)}, str(plain))
+    with pytest.raises(WeightFileError, match="not an Embedding Sanitizer"):
+        load_sanitizer(plain)
+    path = save_sanitizer(model, tmp_path / "s.safetensors", SUMMARY)
+    from safetensors.torch import load_file
+    tensors = load_file(str(path))
+    tensors["project.weight"][0, 0] = float("nan")
+    rewrite(path, tensors)
+    with pytest.raises(WeightFileError, match="NaN"):
+        load_sanitizer(path)
+
+
+def test_embedded_default_is_valid_and_meets_its_targets():
+    meta = read_metadata(default_weights_path())
+    assert meta["encoder_family"] == "minilm" and meta["embed_dim"] == 384
+    assert default_weights_path().stat().st_size < 10e6
+    heldout = meta["training"]["heldout"]
+    assert heldout["auroc"] >= 0.95
+    assert heldout["benign_cosine_mean"] >= 0.99
+    assert heldout["benign_gated_share"] <= 0.05
+    assert meta["training"]["command"].startswith("python -m sanitizer train")
