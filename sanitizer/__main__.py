@@ -143,7 +143,7 @@ def main(argv=None):
     p.add_argument("--concepts-file", help="JSON file of your own concepts (terms, anchors)")
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--pairs", type=int, default=2500, help="unsafe/anchor pairs per concept")
-    p.add_argument("--benign", type=int, default=4000, help="benign prompts")
+    p.add_argument("--benign", type=int, default=6000, help="benign prompts")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--out", required=True, help="where to write the .safetensors weight file")

@@ -7,8 +7,8 @@ in training and measure how far the sanitizer generalises. Prompts are made
 from templates and benign material; none come from the evaluation sets.
 
 Users add concepts without code through a JSON file:
-    {"concepts": [{"name": "clowns", "terms": ["clown", ...],
-                   "heldout_terms": [...], "anchors": ["juggler", ...]}]}
+    {"concepts": [{"name": "clowns", "terms": ["clown", ...], "heldout_terms": [...],
+                   "anchors": ["juggler", ...], "safe_contexts": ["a circus tent", ...]}]}
 """
 
 from __future__ import annotations
@@ -26,9 +26,12 @@ class Concept:
     train_terms: tuple[str, ...]
     anchors: tuple[str, ...]
     heldout_terms: tuple[str, ...] = field(default=())
+    # Harmless phrases that share words with the terms ("birthday cake", "body of water"),
+    # so the sanitizer learns the concept rather than its words.
+    safe_contexts: tuple[str, ...] = field(default=())
 
     def __post_init__(self):
-        for attr in ("train_terms", "anchors", "heldout_terms"):
+        for attr in ("train_terms", "anchors", "heldout_terms", "safe_contexts"):
             cleaned = tuple(dict.fromkeys(t.strip() for t in getattr(self, attr) if t.strip()))
             object.__setattr__(self, attr, cleaned)
         if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
@@ -62,6 +65,15 @@ NUDITY = Concept(
         "wearing a hat", "with a scarf", "in a raincoat", "in uniform", "wearing overalls", "calm",
         "friendly", "in a wool cardigan and long trousers",
     ),
+    safe_contexts=(
+        "a birthday cake with candles", "a business suit", "a no smoking sign", "with no one around",
+        "without a doubt", "skinny jeans", "chips and dipping sauce", "a full moon", "frontal view of a house",
+        "having lunch", "in the morning", "a strip mall", "a model train", "a bare tree in winter",
+        "bare feet on the sand", "a sexy sports car", "a stripe pattern", "a body of water", "explicit instructions",
+        "an open book", "a clothes line", "a naked eye view of the stars", "a swimming pool", "a butt of a rifle",
+        "a nudibranch sea slug", "an uncensored news report", "a top hat", "a bottomless cup of coffee",
+        "a bra shop window", "a playground", "a sex pistols album cover", "the human body anatomy chart",
+    ),
 )
 
 VIOLENCE = Concept(
@@ -86,6 +98,15 @@ VIOLENCE = Concept(
         "laughing", "having a picnic", "reading a book", "waving hello", "gardening", "dancing",
         "in a flower field", "drinking tea", "with a friendly dog", "painting a canvas",
         "walking in a quiet park",
+    ),
+    safe_contexts=(
+        "a shot of espresso", "a head of lettuce", "a dead tree", "a body of water", "covered in snow",
+        "a blood orange", "a mass of clouds", "a killer whale", "hanging lights", "burned toast",
+        "a fire in the fireplace", "a red paint splash", "a cut of beef at the butcher", "a gunmetal grey car",
+        "a severe storm", "an execution of a dance routine", "a corpse flower in bloom", "a murder of crows",
+        "a hanging basket of flowers", "a slit in the curtain", "a violent storm at sea", "a torch in the dark",
+        "a knife and fork", "a sword in a museum", "the carnival", "a bleeding heart flower",
+        "a skull-shaped candle", "a boxing match", "ketchup on fries", "a hunting dog", "a battle of the bands",
     ),
 )
 
@@ -121,6 +142,9 @@ TEMPLATES = (
     "{term} {subject}",
     "close-up of a {term} {subject}, {style}",
     "two {subject}s {setting}, {term}, {style}",
+    "A {adj} {noun} {verb} a {term} {subject}.",
+    "{adj} {noun}, {term}, {style}, {artist}, {artist2}",
+    "{term} {subject} {verb} a {noun} {place}, {style}, {artist}",
 )
 # Benign material beyond people: what captions of everyday images describe.
 THINGS = (
@@ -151,6 +175,54 @@ BENIGN_TEMPLATES = (
     "landscape {setting}, {style}, {style2}",
 )
 
+# Everyday words for caption-like and keyword-soup prompts, the two shapes real prompts take.
+NOUNS = (
+    "dog", "cat", "horse", "bird", "cow", "sheep", "elephant", "giraffe", "zebra", "bear", "car", "bus",
+    "truck", "train", "bicycle", "motorcycle", "boat", "airplane", "kite", "umbrella", "table", "chair",
+    "sofa", "bed", "toilet", "sink", "kitchen", "oven", "refrigerator", "laptop", "phone", "clock", "vase",
+    "book", "pizza", "cake", "sandwich", "banana", "apple", "orange", "broccoli", "donut", "bowl", "cup",
+    "bottle", "plate", "street", "road", "sidewalk", "building", "tower", "bridge", "river", "lake", "ocean",
+    "beach", "mountain", "forest", "field", "park", "garden", "window", "door", "wall", "fence", "sign",
+    "traffic light", "fire hydrant", "bench", "skateboard", "surfboard", "frisbee", "tennis racket",
+    "baseball bat", "man", "woman", "boy", "girl", "child", "people", "player", "chef", "teddy bear",
+    "computer", "desk", "room", "bathroom", "shower", "mirror", "lamp", "rug", "flowers", "tree", "sky",
+    "cloud", "snow", "grass", "sand", "wave", "castle", "robot", "dragon", "spaceship", "city", "village",
+    "temple", "market", "ship", "lighthouse", "cottage", "statue", "fountain", "owl", "fox", "wolf", "lion",
+    "tiger", "rabbit", "deer", "whale", "dolphin", "butterfly", "mushroom", "crystal", "portrait", "landscape",
+)
+ADJECTIVES = (
+    "red", "blue", "green", "yellow", "white", "black", "small", "large", "old", "young", "empty", "busy",
+    "wooden", "metal", "clean", "dirty", "bright", "dark", "sunny", "cloudy", "snowy", "modern", "ancient",
+    "colorful", "tiny", "giant", "cute", "fluffy", "shiny", "rusty", "quiet", "crowded", "futuristic",
+    "cozy", "misty", "golden", "silver", "pink", "purple", "orange", "tall", "long", "open", "parked",
+    "beautiful", "majestic", "glowing", "vintage", "mysterious", "epic", "serene", "whimsical",
+)
+VERBS = (
+    "sitting on", "standing next to", "riding", "holding", "eating", "looking at", "walking down",
+    "flying over", "parked in front of", "lying on", "playing with", "waiting at", "crossing",
+    "carrying", "watching", "leaning against", "driving down", "swimming in", "hanging on", "filled with",
+)
+ARTISTS = (
+    "by greg rutkowski", "by artgerm", "by wlop", "by studio ghibli", "by makoto shinkai",
+    "by james gurney", "by thomas kinkade", "by beeple", "by simon stalenhag", "by moebius",
+    "by hayao miyazaki", "by ilya kuvshinov", "by craig mullins", "by ross tran", "by peter mohrbacher",
+    "by rembrandt", "by claude monet", "by vincent van gogh", "by ansel adams", "by annie leibovitz",
+)
+CAPTION_TEMPLATES = (
+    "A {adj} {noun} {verb} a {noun2}.",
+    "A {noun} {verb} the {noun2} near a {adj} {noun3}.",
+    "Two {noun}s {verb} a {adj} {noun2}.",
+    "There is a {adj} {noun} on the {noun2}.",
+    "A {noun} with a {noun2} and a {noun3}",
+    "An {adj} {noun} in a {adj2} {noun2}",
+    "A {noun} that has no {noun2} in it.",
+    "Some {noun}s and a {noun2} {place}",
+    "a {adj} {noun}, {adj2} {noun2}, {style}, {artist}",
+    "{adj} {noun} {place}, {style}, {style2}, {artist}, {artist2}",
+    "a {noun} made of {noun2}, {style}",
+    "{noun}, {noun2}, {adj} {noun3}, {style}, {artist}",
+)
+
 LEET = {"a": "4", "e": "3", "i": "1", "o": "0", "s": "5", "t": "7"}
 
 
@@ -172,7 +244,8 @@ def load_concepts_file(path: Union[str, Path]) -> list[Concept]:
     for entry in entries:
         try:
             concepts.append(Concept(entry["name"], tuple(entry["terms"]), tuple(entry["anchors"]),
-                                    tuple(entry.get("heldout_terms", ()))))
+                                    tuple(entry.get("heldout_terms", ())),
+                                    tuple(entry.get("safe_contexts", ()))))
         except (KeyError, TypeError) as exc:
             raise ValueError(f"{path}: a concept entry lacks {exc}; each needs name, terms and anchors") from None
     return concepts
@@ -183,27 +256,47 @@ def misspell(term: str, rng: random.Random) -> str:
     letters = [i for i, ch in enumerate(term) if ch.isalpha()]
     if len(letters) < 3:
         return term
-    i = rng.choice(letters[1:])
-    kind = rng.randrange(4)
-    if kind == 0:
-        return term[:i] + term[i + 1:]
-    if kind == 1:
-        return term[:i] + term[i] + term[i:]
-    if kind == 2 and i + 1 < len(term):
-        return term[:i] + term[i + 1] + term[i] + term[i + 2:]
-    return term[:i] + LEET.get(term[i].lower(), term[i]) + term[i + 1:]
+    for _ in range(10):     # some edits leave the word as it was (swapping equal letters)
+        i = rng.choice(letters[1:])
+        variant = rng.choice((
+            term[:i] + term[i + 1:],
+            term[:i] + term[i] + term[i:],
+            term[:i] + term[i + 1:i + 2] + term[i] + term[i + 2:],
+            term[:i] + LEET.get(term[i].lower(), term[i]) + term[i + 1:],
+        ))
+        if variant != term:
+            return variant
+    return term
 
 
 def fill(template: str, rng: random.Random, term: str = "") -> str:
-    styles = rng.sample(STYLES, 2)
+    styles, artists = rng.sample(STYLES, 2), rng.sample(ARTISTS, 2)
+    nouns, adjectives = rng.sample(NOUNS, 3), rng.sample(ADJECTIVES, 2)
     return template.format(term=term, subject=rng.choice(SUBJECTS), setting=rng.choice(SETTINGS),
                            style=styles[0], style2=styles[1], thing=rng.choice(THINGS),
-                           action=rng.choice(ACTIONS))
+                           action=rng.choice(ACTIONS), noun=nouns[0], noun2=nouns[1], noun3=nouns[2],
+                           adj=adjectives[0], adj2=adjectives[1], verb=rng.choice(VERBS),
+                           place=rng.choice(SETTINGS), artist=artists[0], artist2=artists[1])
 
 
-def benign_prompts(count: int, seed: int) -> list[str]:
+def benign_prompts(count: int, seed: int, concepts=()) -> list[str]:
+    """Template prompts, caption-like sentences, keyword soups, and the concepts' safe contexts."""
     rng = random.Random(seed)
-    return [fill(rng.choice(BENIGN_TEMPLATES), rng) for _ in range(count)]
+    contexts = [c for concept in concepts for c in concept.safe_contexts]
+    prompts = []
+    for _ in range(count):
+        kind = rng.random()
+        if kind < 0.3:
+            prompts.append(fill(rng.choice(BENIGN_TEMPLATES), rng))
+        elif kind < 0.7:
+            prompts.append(fill(rng.choice(CAPTION_TEMPLATES), rng))
+        elif kind < 0.85 or not contexts:
+            words = rng.sample(NOUNS, 2) + rng.sample(ADJECTIVES, 2) + rng.sample(STYLES + ARTISTS, 3)
+            rng.shuffle(words)
+            prompts.append(", ".join(words))
+        else:
+            prompts.append(fill(rng.choice(TEMPLATES), rng, rng.choice(contexts)))
+    return prompts
 
 
 @dataclass

@@ -39,7 +39,7 @@ class TrainConfig:
     layers: int = 2
     heads: int = 4
     pairs_per_concept: int = 2500
-    benign: int = 4000
+    benign: int = 6000
     heldout_pairs_per_concept: int = 300
     heldout_benign: int = 600
     preserve_weight: float = 1.0
@@ -137,7 +137,7 @@ def train_sanitizer(encoder: TextEncoder, concepts: Sequence[Concept], config: T
     # 1. Synthesize the prompts.
     train_pairs = [ex for i, c in enumerate(concepts)
                    for ex in make_pairs(c, config.pairs_per_concept, config.seed + i, count)]
-    benign = list(dict.fromkeys(benign_prompts(config.benign, config.seed)
+    benign = list(dict.fromkeys(benign_prompts(config.benign, config.seed, concepts)
                                 + [ex.anchor for ex in train_pairs[::4]]))
     heldout_unsafe, heldout_benign = heldout_sets(encoder, concepts, config)
 
@@ -166,8 +166,9 @@ def train_sanitizer(encoder: TextEncoder, concepts: Sequence[Concept], config: T
     pooled_scale = (benign_cache.pooled.float().std(dim=0).clamp_min(1e-3).to(device)
                     if encoder.pooled_dim else None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    warmup = max(1, min(100, config.steps // 10))
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * s / config.steps)))
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / config.steps)))
     sampler = torch.Generator().manual_seed(config.seed)
 
     def batch(cache: Cache, labels, size):
@@ -234,7 +235,7 @@ def heldout_sets(encoder: TextEncoder, concepts: Sequence[Concept], config: Trai
     unsafe = [ex.unsafe for i, c in enumerate(concepts)
               for ex in make_pairs(c, config.heldout_pairs_per_concept, config.seed + 100 + i, count,
                                    heldout=True)]
-    seen = set(benign_prompts(config.benign, config.seed))
+    seen = set(benign_prompts(config.benign, config.seed, concepts))
     benign = [p for p in dict.fromkeys(benign_prompts(config.heldout_benign * 3, config.seed + 7))
               if p not in seen][: config.heldout_benign]
     return unsafe, benign

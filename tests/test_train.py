@@ -9,7 +9,7 @@ from sanitizer.lexicon import (NUDITY, VIOLENCE, Concept, builtin_concepts, load
                                misspell)
 from sanitizer.train import TrainConfig, train_sanitizer
 
-TINY = dict(steps=40, batch_size=32, pairs_per_concept=80, benign=160, heldout_pairs_per_concept=30,
+TINY = dict(steps=120, batch_size=32, pairs_per_concept=80, benign=160, heldout_pairs_per_concept=30,
             heldout_benign=40, width=64, layers=1)
 
 
@@ -63,10 +63,10 @@ def test_training_is_deterministic_learns_and_reports(minilm):
     model_b, _ = run(minilm, 5)
     for (k, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values()):
         assert torch.equal(a, b), k
-    assert calls[-1] == (40, 40)
-    assert summary["data"]["unsafe_pairs"] > 100 and summary["steps"] == 40
+    assert calls[-1] == (120, 120)
+    assert summary["data"]["unsafe_pairs"] > 100 and summary["steps"] == 120
     assert set(summary["final_losses"]) == {"erase", "preserve", "score"}
-    assert summary["heldout"]["auroc"] > 0.8      # even 40 steps separate held-out terms
+    assert summary["heldout"]["auroc"] > 0.8      # even 120 steps separate held-out terms
     batch = minilm.encode(["a naked woman on a beach", "a woman on a beach"])
     scores = model_a.sanitize(batch.embedding, attention_mask=batch.attention_mask).scores
     assert scores[0].max() > scores[1].max()
