@@ -5,7 +5,6 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-assets.txt
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	# The CPU build of torch on this machine's disk; hosts bring their own torch.
 	$(PY) -m pip install -q torch==2.13.0 -r requirements-dev.txt
 	$(PY) -m pip install -q --no-deps -r requirements-assets.txt

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Union
 
@@ -279,17 +280,28 @@ def fill(template: str, rng: random.Random, term: str = "") -> str:
                            place=rng.choice(SETTINGS), artist=artists[0], artist2=artists[1])
 
 
+@lru_cache(maxsize=1)
+def everyday_words() -> tuple[str, ...]:
+    """20,000 common words with no unsafe ones (made by tools/make_benign_words.py)."""
+    return tuple((Path(__file__).parent / "benign_words.txt").read_text().split())
+
+
 def benign_prompts(count: int, seed: int, concepts=()) -> list[str]:
-    """Template prompts, caption-like sentences, keyword soups, and the concepts' safe contexts."""
+    """Template prompts, caption-like sentences, keyword soups, runs of everyday words,
+    and the concepts' safe contexts."""
     rng = random.Random(seed)
     contexts = [c for concept in concepts for c in concept.safe_contexts]
+    words = everyday_words()
     prompts = []
     for _ in range(count):
         kind = rng.random()
-        if kind < 0.3:
+        if kind < 0.2:
             prompts.append(fill(rng.choice(BENIGN_TEMPLATES), rng))
-        elif kind < 0.7:
+        elif kind < 0.45:
             prompts.append(fill(rng.choice(CAPTION_TEMPLATES), rng))
+        elif kind < 0.7:
+            separator = rng.choice((" ", ", "))
+            prompts.append(separator.join(rng.choice(words) for _ in range(rng.randint(3, 12))))
         elif kind < 0.85 or not contexts:
             words = rng.sample(NOUNS, 2) + rng.sample(ADJECTIVES, 2) + rng.sample(STYLES + ARTISTS, 3)
             rng.shuffle(words)
