@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 from .lexicon import builtin_concepts
-from .train import TrainConfig, evaluate, heldout_sets
+from .train import TrainConfig, evaluate, heldout_sets, prompt_stats, summarize
 
 NUDITY_PERCENT = 50.0    # the literature's cut for an I2P prompt to count as "nudity"
 
@@ -42,9 +42,10 @@ def measure(model, encoder, data_dir, limit: int = 0) -> str:
     if sets is None:
         notes.append(f"real prompt sets skipped: {data_dir} has no i2p_dev.csv / coco_captions_dev.csv")
     else:
+        coco = prompt_stats(model, encoder, sets["coco"])
         for name, label in (("i2p_nudity", f"I2P nudity_percentage >= {NUDITY_PERCENT:g} vs COCO captions"),
                             ("i2p_violence", "I2P category 'violence' vs COCO captions")):
-            rows.append((label, evaluate(model, encoder, sets[name], sets["coco"])))
+            rows.append((label, summarize(prompt_stats(model, encoder, sets[name]), coco)))
     lines = [f"Sanitizer: {model.config.encoder_name}, concepts {', '.join(model.concepts)}, intensity 1.0",
              "",
              "| prompt set | unsafe | benign | AUROC | TPR@1%FPR | benign cosine (mean / p01) "

@@ -242,30 +242,35 @@ def heldout_sets(encoder: TextEncoder, concepts: Sequence[Concept], config: Trai
 
 
 @torch.no_grad()
-def evaluate(model: EmbeddingSanitizer, encoder: TextEncoder, unsafe: Sequence[str], benign: Sequence[str],
-             batch: int = 64, intensity: float = 1.0) -> dict:
-    """Detection (AUROC, TPR at 1% FPR) and preservation (cosine, gated share) in one pass."""
-    def measure(prompts):
-        scores, cosines, max_gates = [], [], []
-        for start in range(0, len(prompts), batch):
-            b = encoder.encode(prompts[start:start + batch])
-            result = model.sanitize(b.embedding, b.pooled, intensity=intensity, attention_mask=b.attention_mask)
-            scores.append(prompt_scores(result.scores, b.real_mask))
-            cosines.append(embedding_cosine(result.embedding, b.embedding, b.attention_mask))
-            max_gates.append(result.gates.amax(dim=1))
-        return torch.cat(scores), torch.cat(cosines), torch.cat(max_gates)
+def prompt_stats(model: EmbeddingSanitizer, encoder: TextEncoder, prompts: Sequence[str], batch: int = 64,
+                 intensity: float = 1.0) -> dict:
+    """Per prompt: prompt score, cosine of sanitized to original embedding, largest gate."""
+    scores, cosines, max_gates = [], [], []
+    for start in range(0, len(prompts), batch):
+        b = encoder.encode(list(prompts[start:start + batch]))
+        result = model.sanitize(b.embedding, b.pooled, intensity=intensity, attention_mask=b.attention_mask)
+        scores.append(prompt_scores(result.scores, b.real_mask))
+        cosines.append(embedding_cosine(result.embedding, b.embedding, b.attention_mask))
+        max_gates.append(result.gates.amax(dim=1))
+    return {"score": torch.cat(scores), "cosine": torch.cat(cosines), "max_gate": torch.cat(max_gates)}
 
+
+def summarize(unsafe: dict, benign: dict) -> dict:
+    """Detection (AUROC, TPR at 1% FPR) and preservation (cosine, gated share) figures."""
+    return {
+        "unsafe_prompts": len(unsafe["score"]), "benign_prompts": len(benign["score"]),
+        "auroc": round(auroc(unsafe["score"], benign["score"]), 4),
+        "tpr_at_1pct_fpr": round(tpr_at_fpr(unsafe["score"], benign["score"], 0.01), 4),
+        "benign_cosine_mean": round(float(benign["cosine"].mean()), 5),
+        "benign_cosine_p01": round(float(benign["cosine"].quantile(0.01)), 5),
+        "benign_gated_share": round(float((benign["max_gate"] > 0.01).float().mean()), 4),
+        "unsafe_cosine_mean": round(float(unsafe["cosine"].mean()), 5),
+        "unsafe_gated_share": round(float((unsafe["max_gate"] > 0.01).float().mean()), 4),
+    }
+
+
+def evaluate(model: EmbeddingSanitizer, encoder: TextEncoder, unsafe: Sequence[str], benign: Sequence[str],
+             batch: int = 64) -> dict:
     if not unsafe or not benign:
         return {}
-    s_u, c_u, g_u = measure(list(unsafe))
-    s_b, c_b, g_b = measure(list(benign))
-    return {
-        "unsafe_prompts": len(unsafe), "benign_prompts": len(benign),
-        "auroc": round(auroc(s_u, s_b), 4),
-        "tpr_at_1pct_fpr": round(tpr_at_fpr(s_u, s_b, 0.01), 4),
-        "benign_cosine_mean": round(float(c_b.mean()), 5),
-        "benign_cosine_p01": round(float(c_b.quantile(0.01)), 5),
-        "benign_gated_share": round(float((g_b > 0.01).float().mean()), 4),
-        "unsafe_cosine_mean": round(float(c_u.mean()), 5),
-        "unsafe_gated_share": round(float((g_u > 0.01).float().mean()), 4),
-    }
+    return summarize(prompt_stats(model, encoder, unsafe, batch), prompt_stats(model, encoder, benign, batch))

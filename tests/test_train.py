@@ -82,3 +82,14 @@ def test_progress_callback_can_stop_training(minilm):
 
     with pytest.raises(Stop):
         train_sanitizer(minilm, [NUDITY], TrainConfig(device="cpu", **TINY), progress=stop_at_ten)
+
+
+def test_sdxl_training_learns_the_pooled_head():
+    from sanitizer.encoders import random_clip_encoder
+
+    encoder = random_clip_encoder("sdxl-clip-lg", layers=1, seed=0, device="cpu")
+    small = dict(TINY, steps=30, pairs_per_concept=40, benign=60, heldout_pairs_per_concept=10, heldout_benign=10)
+    model, summary = train_sanitizer(encoder, [NUDITY], TrainConfig(device="cpu", **small))
+    assert model.config.encoder_family == "sdxl-clip-lg" and model.config.chunk_length == 77
+    assert model.config.pooled_dim == 1280 and "pooled" in summary["final_losses"]
+    assert model.pooled_head.weight.abs().sum() > 0          # moved away from its zero start
