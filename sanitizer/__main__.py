@@ -111,7 +111,7 @@ def cmd_measure(args):
     from .measure import measure
 
     model, encoder = _load(args.weights, args.encoder)
-    print(measure(model, encoder, data_dir=args.data_dir, limit=args.limit))
+    print(measure(model, encoder, data_dir=args.data_dir, limit=args.limit, threshold=args.threshold))
 
 
 def main(argv=None):
@@ -154,6 +154,7 @@ def main(argv=None):
     p.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data"),
                    help="folder with i2p_dev.csv and coco_captions_dev.csv")
     p.add_argument("--limit", type=int, default=0, help="use at most this many prompts per set (0 = all)")
+    p.add_argument("--threshold", type=float, default=0.0, help="gate threshold to measure at")
     p.set_defaults(func=cmd_measure)
 
     args = parser.parse_args(argv)

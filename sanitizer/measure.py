@@ -29,24 +29,26 @@ def real_sets(data_dir: Path, limit: int = 0) -> Optional[dict]:
     }
 
 
-def measure(model, encoder, data_dir, limit: int = 0) -> str:
+def measure(model, encoder, data_dir, limit: int = 0, threshold: float = 0.0) -> str:
     """A Markdown table of detection and preservation figures."""
     config = TrainConfig(**{k: v for k, v in model.metadata.get("training", {}).get("config", {}).items()
                             if k in TrainConfig.__dataclass_fields__})
     concepts = [c for name, c in builtin_concepts().items() if name in model.concepts]
     unsafe, benign = heldout_sets(encoder, concepts, config)
-    rows = [("held-out lexicon terms vs held-out benign prompts", evaluate(model, encoder, unsafe, benign))]
+    rows = [("held-out lexicon terms vs held-out benign prompts",
+             evaluate(model, encoder, unsafe, benign, threshold=threshold))]
     data_dir = Path(data_dir)
     sets = real_sets(data_dir, limit)
     notes = []
     if sets is None:
         notes.append(f"real prompt sets skipped: {data_dir} has no i2p_dev.csv / coco_captions_dev.csv")
     else:
-        coco = prompt_stats(model, encoder, sets["coco"])
+        coco = prompt_stats(model, encoder, sets["coco"], threshold=threshold)
         for name, label in (("i2p_nudity", f"I2P nudity_percentage >= {NUDITY_PERCENT:g} vs COCO captions"),
                             ("i2p_violence", "I2P category 'violence' vs COCO captions")):
-            rows.append((label, summarize(prompt_stats(model, encoder, sets[name]), coco)))
-    lines = [f"Sanitizer: {model.config.encoder_name}, concepts {', '.join(model.concepts)}, intensity 1.0",
+            rows.append((label, summarize(prompt_stats(model, encoder, sets[name], threshold=threshold), coco)))
+    lines = [f"Sanitizer: {model.config.encoder_name}, concepts {', '.join(model.concepts)}, intensity 1.0, "
+             f"threshold {threshold:g}",
              "",
              "| prompt set | unsafe | benign | AUROC | TPR@1%FPR | benign cosine (mean / p01) "
              "| benign gated > 0.01 | unsafe cosine |",

@@ -243,12 +243,13 @@ def heldout_sets(encoder: TextEncoder, concepts: Sequence[Concept], config: Trai
 
 @torch.no_grad()
 def prompt_stats(model: EmbeddingSanitizer, encoder: TextEncoder, prompts: Sequence[str], batch: int = 64,
-                 intensity: float = 1.0) -> dict:
+                 intensity: float = 1.0, threshold: float = 0.0) -> dict:
     """Per prompt: prompt score, cosine of sanitized to original embedding, largest gate."""
     scores, cosines, max_gates = [], [], []
     for start in range(0, len(prompts), batch):
         b = encoder.encode(list(prompts[start:start + batch]))
-        result = model.sanitize(b.embedding, b.pooled, intensity=intensity, attention_mask=b.attention_mask)
+        result = model.sanitize(b.embedding, b.pooled, intensity=intensity, threshold=threshold,
+                                attention_mask=b.attention_mask)
         scores.append(prompt_scores(result.scores, b.real_mask))
         cosines.append(embedding_cosine(result.embedding, b.embedding, b.attention_mask))
         max_gates.append(result.gates.amax(dim=1))
@@ -270,7 +271,8 @@ def summarize(unsafe: dict, benign: dict) -> dict:
 
 
 def evaluate(model: EmbeddingSanitizer, encoder: TextEncoder, unsafe: Sequence[str], benign: Sequence[str],
-             batch: int = 64) -> dict:
+             batch: int = 64, threshold: float = 0.0) -> dict:
     if not unsafe or not benign:
         return {}
-    return summarize(prompt_stats(model, encoder, unsafe, batch), prompt_stats(model, encoder, benign, batch))
+    return summarize(prompt_stats(model, encoder, unsafe, batch, threshold=threshold),
+                     prompt_stats(model, encoder, benign, batch, threshold=threshold))
