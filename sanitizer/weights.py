@@ -50,6 +50,7 @@ def save_sanitizer(model: EmbeddingSanitizer, path: Union[str, Path], training: 
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(meta, sort_keys=True)})
+        os.chmod(tmp, 0o644)     # mkstemp makes it private; a host may run as another user
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
