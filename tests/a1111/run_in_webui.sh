@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Local end-to-end check of the extension inside a real webui on CPU (not a CI test).
+#
+#   tests/a1111/run_in_webui.sh <webui checkout> <python of a venv with the webui's requirements>
+#
+# The webui checkout is a plain source tree (`git archive` of
+# lllyasviel/stable-diffusion-webui-forge or AUTOMATIC1111/stable-diffusion-webui) with its
+# repositories/ already in place at the commits its launch_utils.py pins (Forge:
+# huggingface_guess; A1111: stable-diffusion-stability-ai, generative-models, k-diffusion).
+# Nothing is downloaded: the checkpoint is random (make_random_sd15_checkpoint.py, which
+# needs a Forge tree for its configs and key conversion; for A1111 pass an existing one in
+# RANDOM_CKPT), the CLIP tokenizer is the one Forge ships in backend/huggingface or, for
+# A1111, built offline from open-clip's vocabulary into an HF cache
+# (make_offline_clip_tokenizer.py), the sanitizers are random test files
+# (make_test_sanitizers.py). Select phases with PHASES="normal enforce bare".
+# It installs this repository as extensions/embedding-sanitizer, then runs three phases
+# through the HTTP API (webui_api_check.py): normal, enforce, and without the extension.
+set -euo pipefail
+WEBUI=$(realpath "$1"); PY=$(realpath -s "$2"); PORT=${PORT:-7899}
+HERE=$(cd "$(dirname "$0")" && pwd); REPO=$(cd "$HERE/../.." && pwd)
+LOG="$WEBUI/embedding_sanitizer_debug.jsonl"; OUT="$WEBUI/es-run"; mkdir -p "$OUT"
+
+if [ -d "$WEBUI/backend" ]; then FLAVOR=forge; else FLAVOR=a1111; fi
+export WEBUI_FLAVOR=$FLAVOR
+if [ $FLAVOR = forge ]; then
+  DEVICE_ARGS=(--always-cpu)
+else
+  DEVICE_ARGS=(--use-cpu all --no-half --precision full)
+  export HF_HOME="$WEBUI/es-hf-home"
+  "$PY" "$HERE/make_offline_clip_tokenizer.py" "$HF_HOME"
+fi
+CKPT="$WEBUI/models/Stable-diffusion/random-sd15.safetensors"
+if [ ! -f "$CKPT" ] && [ -n "${RANDOM_CKPT:-}" ]; then
+  mkdir -p "$(dirname "$CKPT")"; ln -s "$(realpath "$RANDOM_CKPT")" "$CKPT"
+fi
+if [ ! -f "$CKPT" ]; then
+  mkdir -p "$(dirname "$CKPT")"
+  "$PY" "$HERE/make_random_sd15_checkpoint.py" --configs "$WEBUI/backend/huggingface/runwayml/stable-diffusion-v1-5" \
+      --convert "$WEBUI/repositories/huggingface_guess" --out "$CKPT"
+fi
+"$PY" "$HERE/make_test_sanitizers.py" "$WEBUI/models/sanitizers"
+
+install_extension() {
+  rm -rf "$WEBUI/extensions/embedding-sanitizer"; mkdir -p "$WEBUI/extensions/embedding-sanitizer"
+  # the files an Extensions-tab install would clone (tracked and new, not ignored)
+  (cd "$REPO" && git ls-files -co --exclude-standard -z | xargs -0 cp --parents -t "$WEBUI/extensions/embedding-sanitizer")
+}
+
+start() {   # $1 = enforce true/false, rest = extra args
+  local enforce=$1; shift
+  cat > "$OUT/config.json" <<JSON
+{"sd_model_checkpoint": "random-sd15.safetensors", "embedding_sanitizer_weights": "test-sd1-active.safetensors",
+ "embedding_sanitizer_enforce": $enforce, "hires_fix_use_firstpass_conds": false}
+JSON
+  (cd "$WEBUI" && EMBEDDING_SANITIZER_DEBUG_LOG="$LOG" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
+     exec "$PY" launch.py --skip-prepare-environment --skip-install --skip-torch-cuda-test --skip-version-check \
+       --skip-python-version-check "${DEVICE_ARGS[@]}" --nowebui --port "$PORT" --ui-settings-file "$OUT/config.json" \
+       --no-download-sd-model "$@" > "$OUT/webui-$phase.log" 2>&1) &
+  WEBUI_PID=$!
+  for _ in $(seq 1 180); do
+    if curl -sf "http://127.0.0.1:$PORT/sdapi/v1/sd-models" > /dev/null; then return 0; fi
+    if ! kill -0 $WEBUI_PID 2>/dev/null; then tail -40 "$OUT/webui-$phase.log"; return 1; fi
+    sleep 2
+  done
+  echo "webui did not come up"; tail -40 "$OUT/webui-$phase.log"; return 1
+}
+
+stop() {
+  kill "$WEBUI_PID" 2>/dev/null || true
+  for _ in $(seq 1 30); do kill -0 "$WEBUI_PID" 2>/dev/null || break; sleep 1; done
+  kill -9 "$WEBUI_PID" 2>/dev/null || true; wait "$WEBUI_PID" 2>/dev/null || true
+}
+trap stop EXIT
+
+install_extension
+rm -f "$LOG"
+status=0
+PHASES=${PHASES:-normal enforce bare}
+for phase in $PHASES; do
+  case $phase in
+    normal)  start false ;;
+    enforce) start true ;;
+    bare)    start false --disable-extra-extensions ;;
+  esac
+  "$PY" "$HERE/webui_api_check.py" "http://127.0.0.1:$PORT" "$phase" "$LOG" || status=1
+  stop
+done
+echo "webui logs and config in $OUT; debug log $LOG"
+exit $status

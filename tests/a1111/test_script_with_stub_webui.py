@@ -1,0 +1,195 @@
+"""The thin Script (scripts/embedding_sanitizer.py) driven through its hooks, with stand-ins
+for the webui's `modules` and `gradio`, the way A1111 1.9+ / Forge call them."""
+
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from sanitizer import save_sanitizer
+from sanitizer import webui as W
+
+from .test_webui_adapter import (ComposableScheduledPromptConditioning, MulticondLearnedConditioning,
+                                 ScheduledPromptConditioning, active_model, sd1_cond)
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "embedding_sanitizer.py"
+
+
+class Opts(types.SimpleNamespace):
+    def add_option(self, key, info):
+        setattr(self, key, info.default)
+
+
+@pytest.fixture()
+def host(tmp_path, monkeypatch):
+    class Script:
+        def process_before_every_sampling(self, p, *args, **kwargs):
+            pass
+
+    callbacks = {}
+    reg = lambda name: (lambda fn: callbacks.setdefault(name, fn))  # noqa: E731
+    modules = types.ModuleType("modules")
+    modules.scripts = types.SimpleNamespace(Script=Script, AlwaysVisible=object())
+    modules.script_callbacks = types.SimpleNamespace(on_ui_settings=reg("ui_settings"),
+                                                     on_infotext_pasted=reg("pasted"),
+                                                     on_model_loaded=reg("model_loaded"))
+    modules.shared = types.SimpleNamespace(opts=Opts(), sd_model=types.SimpleNamespace(is_sdxl=False, is_sd2=False,
+                                                                                     is_sd1=True),
+                                           OptionInfo=lambda default, *a, **k: types.SimpleNamespace(
+                                               default=default, kw=k))
+    paths = types.ModuleType("modules.paths")
+    paths.models_path = str(tmp_path)
+    for name, mod in {"modules": modules, "modules.scripts": modules.scripts,
+                      "modules.script_callbacks": modules.script_callbacks, "modules.shared": modules.shared,
+                      "modules.paths": paths,
+                      "gradio": types.SimpleNamespace(Slider="Slider", Dropdown="Dropdown")}.items():
+        monkeypatch.setitem(sys.modules, name, mod)
+    spec = importlib.util.spec_from_file_location("es_script_under_test", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    callbacks["ui_settings"]()
+    save_sanitizer(active_model(), tmp_path / "sanitizers" / "sd1.safetensors", {"note": "test"})
+    sdxl = active_model(dim=2048, pooled=1280, family="sdxl-clip-lg")
+    save_sanitizer(sdxl, tmp_path / "sanitizers" / "xl.safetensors", {"note": "test"})
+    return types.SimpleNamespace(mod=mod, opts=modules.shared.opts, callbacks=callbacks, dir=tmp_path / "sanitizers")
+
+
+class FakeP:
+    cached_c = [None, None, None]       # class-wide, as in the webui
+
+    def __init__(self, prompt):
+        self.prompt, self.prompts, self.steps = prompt, [prompt], 20
+        self.extra_generation_params, self.override_settings, self.comments = {}, {}, {}
+        self.cached_c = FakeP.cached_c
+        self.a, self.b = sd1_cond(seed=1), sd1_cond(seed=2)
+        self.c = MulticondLearnedConditioning((1,), [[ComposableScheduledPromptConditioning(
+            [ScheduledPromptConditioning(10, self.a), ScheduledPromptConditioning(20, self.b)])]])
+        self.neg = sd1_cond(seed=9)
+        self.uc = [[ScheduledPromptConditioning(20, self.neg)]]
+        self.sd_model = None
+
+    def comment(self, text):
+        self.comments[text] = 1
+
+
+def run(host, p, enabled=True, intensity=1.0):
+    script = host.mod.EmbeddingSanitizerScript()
+    script.process(p, enabled, intensity)
+    script.process_before_every_sampling(p, enabled, intensity, x=None, noise=None, c=p.c, uc=p.uc)
+    script.process_before_every_sampling(p, enabled, intensity, x=None, noise=None, c=p.c, uc=p.uc)  # hires again
+    return p
+
+
+def test_folder_created_and_settings_registered(host):
+    assert host.dir.is_dir()
+    assert host.opts.embedding_sanitizer_enforce is False and host.opts.embedding_sanitizer_intensity == 1.0
+
+
+def test_positive_sanitized_once_negative_untouched(host):
+    p = run(host, FakeP("a [cat:dog:10]"))
+    conds = [e.cond for e in p.c.batch[0][0].schedules]
+    assert not torch.equal(conds[0], p.a) and not torch.equal(conds[1], p.b)
+    assert p.uc[0][0].cond is p.neg
+    assert p.cached_c is not FakeP.cached_c and FakeP.cached_c == [None, None, None]
+    info = W.parse_infotext(p.extra_generation_params[W.INFOTEXT_KEY])
+    assert info["weights"] == "sd1.safetensors" and info["intensity"] == 1.0 and info["erased_tokens"] == 154
+    # second hook call (hires) did not sanitize again: values equal one application
+    single = active_model().sanitize(p.a.unsqueeze(0)).embedding[0]
+    assert torch.allclose(conds[0], single)
+
+
+def test_toggle_off_does_nothing(host):
+    p = run(host, FakeP("a cat"), enabled=False)
+    assert p.c.batch[0][0].schedules[0].cond is p.a and W.INFOTEXT_KEY not in p.extra_generation_params
+    assert p.cached_c is FakeP.cached_c
+
+
+def test_enforced_ignores_toggle_and_intensity(host):
+    host.opts.embedding_sanitizer_enforce = True
+    p = run(host, FakeP("a cat"), enabled=False, intensity=0.0)
+    assert not torch.equal(p.c.batch[0][0].schedules[0].cond, p.a)
+    assert W.parse_infotext(p.extra_generation_params[W.INFOTEXT_KEY])["enforced"]
+
+
+def test_override_settings_enable_without_script_args(host):
+    p = FakeP("a cat")
+    p.override_settings = {W.OPT_ENABLED: True}
+    run(host, p, enabled=False)
+    assert W.INFOTEXT_KEY in p.extra_generation_params
+
+
+def test_mismatch_without_enforcement_warns_and_skips(host):
+    host.opts.embedding_sanitizer_weights = "xl.safetensors"
+    p = run(host, FakeP("a cat"))
+    assert p.c.batch[0][0].schedules[0].cond is p.a
+    assert any("sdxl-clip-lg" in c for c in p.comments) and W.INFOTEXT_KEY not in p.extra_generation_params
+
+
+def test_mismatch_with_enforcement_refuses(host):
+    host.opts.embedding_sanitizer_weights = "xl.safetensors"
+    host.opts.embedding_sanitizer_enforce = True
+    p = run(host, FakeP("a cat"))
+    with pytest.raises(W.RefusedGeneration, match="refused"):
+        list(p.c.batch)
+
+
+def test_missing_weights_with_enforcement_refuses(host):
+    host.opts.embedding_sanitizer_weights = "gone.safetensors"
+    host.opts.embedding_sanitizer_enforce = True
+    p = run(host, FakeP("a cat"))
+    with pytest.raises(W.RefusedGeneration):
+        p.c.batch[0]
+
+
+def test_error_during_sanitizing_with_enforcement_fails_closed(host):
+    host.opts.embedding_sanitizer_enforce = True
+    p = FakeP("a cat")
+    p.c.batch[0][0].schedules[0] = ScheduledPromptConditioning(20, torch.zeros(5, 768))   # bad shape
+    script = host.mod.EmbeddingSanitizerScript()
+    script.process(p, True, 1.0)
+    with pytest.raises(Exception):
+        script.process_before_every_sampling(p, True, 1.0, c=p.c, uc=p.uc)   # the runner would swallow this
+    with pytest.raises(W.RefusedGeneration):
+        list(p.c.batch)
+
+
+def test_paste_restores_options(host):
+    params = {W.INFOTEXT_KEY: "sd1.safetensors, intensity 0.5, threshold 0.2, erased tokens 1"}
+    host.callbacks["pasted"]("", params)
+    assert params["Embedding Sanitizer weights"] == "sd1.safetensors"
+    assert params["Embedding Sanitizer threshold"] == 0.2
+
+
+def test_old_webui_without_sampling_hook_uses_process_batch_and_before_hr(host, monkeypatch):
+    monkeypatch.setattr(host.mod, "HAS_SAMPLING_HOOK", False)
+    p = FakeP("a cat")
+    built = []
+    p.setup_conds = lambda: built.append(1)
+    p.hr_c = MulticondLearnedConditioning((1,), [[ComposableScheduledPromptConditioning(
+        [ScheduledPromptConditioning(20, sd1_cond(seed=4))])]])
+    hr_original = p.hr_c.batch[0][0].schedules[0].cond
+    script = host.mod.EmbeddingSanitizerScript()
+    script.process(p, True, 1.0)
+    script.process_batch(p, True, 1.0, batch_number=0, prompts=p.prompts, seeds=[1], subseeds=[1])
+    assert built == [1] and not torch.equal(p.c.batch[0][0].schedules[0].cond, p.a)
+    script.before_hr(p, True, 1.0)
+    assert not torch.equal(p.hr_c.batch[0][0].schedules[0].cond, hr_original)
+    assert p.uc[0][0].cond is p.neg
+
+
+def test_enforcement_at_startup_survives_the_option_being_switched_off(host, monkeypatch):
+    monkeypatch.setattr(host.mod, "OPERATOR", W.operator_settings({W.OPT_ENFORCE: True}))
+    host.opts.embedding_sanitizer_enforce = False           # e.g. POST /sdapi/v1/options on Forge
+    p = run(host, FakeP("a cat"), enabled=False, intensity=0.0)
+    assert W.parse_infotext(p.extra_generation_params[W.INFOTEXT_KEY])["enforced"]
+
+
+def test_enforced_but_process_hook_failed_fails_closed(host):
+    host.opts.embedding_sanitizer_enforce = True
+    p = FakeP("a cat")           # process() never ran (the runner swallowed its exception)
+    host.mod.EmbeddingSanitizerScript().process_before_every_sampling(p, True, 1.0, c=p.c, uc=p.uc)
+    with pytest.raises(W.RefusedGeneration):
+        list(p.c.batch)

@@ -1,0 +1,149 @@
+"""Checks a running webui (started by run_in_webui.sh) through its HTTP API.
+
+phase "normal": the extension is installed, enforcement off.
+  1. toggle off (as without the extension): no "Embedding Sanitizer" in the infotext and
+     no "sanitized" event in the debug log;
+  2. toggle on via alwayson_scripts, batch of 2, prompt editing + AND, hires fix: the
+     infotext records it, the debug log shows the positive conds changed (first and hires
+     pass) and the negative conds untouched; the image differs from run 1 at the same seed;
+  3. override_settings: the weights option switched to the SDXL sanitizer warns and
+     generates unsanitized (enforcement off).
+phase "enforce": started with enforcement on in config.json.
+  4. the request's toggle off and intensity 0, override_settings and POST /sdapi/v1/options
+     switching enforcement off are all ignored: still sanitized, "enforced";
+  5. an SDXL sanitizer with the SD 1.x checkpoint refuses the generation (no image).
+phase "bare": the webui without the extension: generation works, no sanitizer infotext.
+"""
+
+import base64
+import hashlib
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+
+URL, PHASE, LOG = sys.argv[1], sys.argv[2], sys.argv[3]
+KEY = "Embedding Sanitizer"
+BASE = {"prompt": "a photo of a [cat:dog:2] AND a red house", "negative_prompt": "blurry, lowres",
+        "seed": 1234, "steps": 4, "width": 64, "height": 64, "sampler_name": "Euler",
+        "cfg_scale": 5, "batch_size": 2}
+HIRES = {"enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Latent", "hr_second_pass_steps": 2,
+         "denoising_strength": 0.5}
+FORGE = os.environ.get("WEBUI_FLAVOR") == "forge"
+if FORGE:   # Forge's API needs the modules choice with hires fix; its hires CFG defaults to 1 (no negative)
+    HIRES.update({"hr_additional_modules": ["Use same choices"], "hr_cfg": 5})
+
+
+def post(path, body):
+    req = urllib.request.Request(URL + path, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=900) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace")
+
+
+def txt2img(**extra):
+    status, out = post("/sdapi/v1/txt2img", {**BASE, **extra})
+    if status != 200:
+        print(f"   HTTP {status}: {str(out)[-400:]}")
+        return status, out, {"infotexts": [""]}, None
+    info = json.loads(out["info"])
+    digests = [hashlib.sha256(base64.b64decode(i)).hexdigest()[:16] for i in out["images"]]
+    return status, out, info, digests
+
+
+def events(since):
+    if log_len() == 0:
+        return []
+    with open(LOG, encoding="utf-8") as f:
+        lines = [json.loads(l) for l in f.read().splitlines()]
+    return lines[since:]
+
+
+def log_len():
+    try:
+        with open(LOG, encoding="utf-8") as f:
+            return len(f.read().splitlines())
+    except FileNotFoundError:
+        return 0
+
+
+def check(cond, what):
+    print(("PASS " if cond else "FAIL ") + what, flush=True)
+    if not cond:
+        check.failed = True
+
+
+check.failed = False
+on = {"alwayson_scripts": {KEY: {"args": [True, 1.0]}}}
+off = {"alwayson_scripts": {KEY: {"args": [False, 1.0]}}}
+
+if PHASE == "normal":
+    n = log_len()
+    s, out, info, img_off = txt2img(**off, **HIRES)
+    check(s == 200, f"toggle off: HTTP {s}")
+    check(KEY not in info["infotexts"][0], "toggle off: no sanitizer infotext")
+    check(not any(e["event"] == "sanitized" for e in events(n)), "toggle off: nothing sanitized")
+
+    n = log_len()
+    s, out, info, img_on = txt2img(**on, **HIRES)
+    check(s == 200, f"toggle on: HTTP {s}")
+    text = info["infotexts"][0]
+    print("   infotext:", text.splitlines()[-1])
+    check(f"{KEY}: \"test-sd1-active.safetensors, intensity 1, erased tokens" in text
+          or f"{KEY}: test-sd1-active.safetensors, intensity 1, erased tokens" in text, "toggle on: infotext written")
+    check(all(KEY in t for t in info["infotexts"]), "toggle on: every image of the batch carries it")
+    ev = [e for e in events(n) if e["event"] == "sanitized"]
+    for e in ev:
+        print("   log:", {k: e[k] for k in ("stage", "new_conds", "erased_tokens", "positive_max_change",
+                                          "negative_untouched", "negative_conds")})
+    check(sum(e["new_conds"] for e in ev) >= 3, "positive conds cat/dog schedules and the AND part sanitized")
+    check(any(e["stage"] == "hires" for e in ev), "hires fix pass seen by the hook")
+    check(all(e["negative_untouched"] for e in ev) and all(e["negative_conds"] >= 1 for e in ev if e["new_conds"]),
+          "negative conditioning present and untouched")
+    check(all(e["positive_max_change"] > 0 for e in ev), "positive conditioning changed")
+    check(img_on != img_off, "sanitized image differs from the unsanitized one at the same seed")
+
+    n = log_len()
+    s, out, info, _ = txt2img(**on, override_settings={"embedding_sanitizer_weights": "test-sdxl.safetensors"})
+    check(s == 200 and KEY not in info["infotexts"][0], "mismatch without enforcement: generates, not sanitized")
+    check(any("sdxl-clip-lg sanitizer" in (e.get("warning") or "") for e in events(n)), "mismatch warning logged")
+
+
+elif PHASE == "enforce":
+    n = log_len()
+    s, out, info, _ = txt2img(alwayson_scripts={KEY: {"args": [False, 0.0]}})
+    check(s == 200, f"enforced, toggle off in request: HTTP {s}")
+    text = info["infotexts"][0] if info else ""
+    print("   infotext:", text.splitlines()[-1] if text else out)
+    check(KEY in text and "enforced" in text, "enforced: sanitized anyway, infotext says enforced")
+    s, out, info, _ = txt2img(override_settings={"embedding_sanitizer_enforce": False,
+                                                 "embedding_sanitizer_enforce_min_intensity": 0.05},
+                              alwayson_scripts={KEY: {"args": [False, 0.0]}})
+    text = info["infotexts"][0] if info else str(out)
+    check(s == 200 and "enforced" in text and "intensity 1," in text,
+          f"enforced: override_settings cannot turn it off or weaken it (HTTP {s})")
+    s, out = post("/sdapi/v1/options", {"embedding_sanitizer_enforce": False,
+                                        "embedding_sanitizer_enforce_min_intensity": 0.05})
+    with urllib.request.urlopen(URL + "/sdapi/v1/options", timeout=60) as r:
+        live = json.loads(r.read()).get("embedding_sanitizer_enforce")
+    print(f"   POST /sdapi/v1/options enforce=false: HTTP {s}, live option now {live} "
+          "(A1111 refuses restricted options there; Forge 2 does not)")
+    s, out, info, _ = txt2img(alwayson_scripts={KEY: {"args": [False, 0.0]}})
+    text = info["infotexts"][0]
+    check(s == 200 and "enforced" in text and "intensity 1," in text,
+          "enforced: switching the option off through /sdapi/v1/options does not turn it off")
+    n = log_len()
+    s, out, info, _ = txt2img(override_settings={"embedding_sanitizer_weights": "test-sdxl.safetensors"})
+    print("   response:", str(out)[:300])
+    check(s != 200 and "refused" in str(out), f"enforced + mismatching sanitizer: refused (HTTP {s})")
+    check(any(e["event"] == "refused" for e in events(n)), "refusal logged")
+
+elif PHASE == "bare":
+    s, out, info, _ = txt2img(**HIRES)
+    check(s == 200 and KEY not in info["infotexts"][0], "without the extension: generates, no sanitizer infotext")
+
+sys.exit(1 if check.failed else 0)
