@@ -1,0 +1,123 @@
+"""Load Embedding Sanitizer, Sanitize Conditioning, CLIP Text Encode (Sanitized)."""
+
+from __future__ import annotations
+
+import os
+
+import folder_paths
+
+from sanitizer import WeightFileError, load_sanitizer
+
+from .common import CATEGORY, FOLDER, register_folder, sanitize_conditioning, token_labels
+
+register_folder()
+
+INTENSITY = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 4.0, "step": 0.05, "display": "slider",
+                       "tooltip": "How strongly flagged tokens are rewritten: 0 = off (output equals input), "
+                                  "1 = as trained, above 1 = stronger."})
+THRESHOLD = ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                       "tooltip": "Tokens whose harmfulness score is below this are left untouched "
+                                  "(0 = every token is gated by its score)."})
+
+
+def _full_path(name: str) -> str:
+    getter = getattr(folder_paths, "get_full_path_or_raise", None)
+    path = getter(FOLDER, name) if getter else folder_paths.get_full_path(FOLDER, name)
+    if not path or not os.path.isfile(path):
+        raise FileNotFoundError(f"Embedding Sanitizer: '{name}' is not in {folder_paths.get_folder_paths(FOLDER)}")
+    return path
+
+
+class LoadEmbeddingSanitizer:
+    DESCRIPTION = "Loads a trained Embedding Sanitizer from models/sanitizers (.safetensors)."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"sanitizer_name": (folder_paths.get_filename_list(FOLDER), {
+            "tooltip": "A sanitizer weight file in ComfyUI/models/sanitizers. Use one trained for the "
+                       "text encoder (checkpoint family) whose prompts you sanitize."})}}
+
+    RETURN_TYPES = ("SANITIZER",)
+    RETURN_NAMES = ("sanitizer",)
+    OUTPUT_TOOLTIPS = ("The loaded sanitizer, for Sanitize Conditioning or CLIP Text Encode (Sanitized).",)
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+
+    @classmethod
+    def IS_CHANGED(cls, sanitizer_name):
+        # Re-run when the file on disk changes (a value compared with the last one).
+        try:
+            stat = os.stat(_full_path(sanitizer_name))
+            return f"{stat.st_mtime_ns}:{stat.st_size}"
+        except (OSError, FileNotFoundError):
+            return "missing"
+
+    def load(self, sanitizer_name):
+        path = _full_path(sanitizer_name)
+        try:
+            model = load_sanitizer(path, device="cpu")
+        except WeightFileError as exc:
+            raise ValueError(f"Embedding Sanitizer: cannot load '{sanitizer_name}': {exc}") from None
+        return (model,)
+
+
+class SanitizeConditioning:
+    DESCRIPTION = ("Scores every token of a conditioning for harmfulness and erases the flagged concepts "
+                   "from the embedding (and SDXL's pooled output). Put it on the positive prompt.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "conditioning": ("CONDITIONING", {"tooltip": "The conditioning to sanitize (e.g. from CLIP Text Encode)."}),
+                "sanitizer": ("SANITIZER", {"tooltip": "From Load Embedding Sanitizer; must match the text encoder."}),
+                "intensity": INTENSITY,
+                "threshold": THRESHOLD,
+            },
+            "optional": {
+                "clip": ("CLIP", {"tooltip": "Optional: the CLIP that encoded the text, to label the scores with its tokens."}),
+                "text": ("STRING", {"forceInput": True, "tooltip": "Optional: the prompt text that was encoded, to label the scores."}),
+            },
+        }
+
+    RETURN_TYPES = ("CONDITIONING", "STRING")
+    RETURN_NAMES = ("conditioning", "report")
+    OUTPUT_TOOLTIPS = ("The sanitized conditioning (all other keys kept).",
+                       "A short text report: prompt score, flagged tokens, similarity to the original.")
+    FUNCTION = "sanitize"
+    CATEGORY = CATEGORY
+
+    def sanitize(self, conditioning, sanitizer, intensity, threshold, clip=None, text=None):
+        labels = token_labels(clip, text) if clip is not None and text is not None else None
+        out, report, ui = sanitize_conditioning(conditioning, sanitizer, intensity, threshold, labels)
+        return {"ui": {"token_scores": ui, "text": [report]}, "result": (out, report)}
+
+
+class ClipTextEncodeSanitized:
+    DESCRIPTION = "CLIP Text Encode followed by Sanitize Conditioning: a drop-in for the positive prompt."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "clip": ("CLIP", {"tooltip": "The CLIP of your checkpoint."}),
+            "text": ("STRING", {"multiline": True, "dynamicPrompts": True, "tooltip": "The prompt to encode."}),
+            "sanitizer": ("SANITIZER", {"tooltip": "From Load Embedding Sanitizer; must match this CLIP."}),
+            "intensity": INTENSITY,
+        }}
+
+    RETURN_TYPES = ("CONDITIONING", "STRING")
+    RETURN_NAMES = ("conditioning", "report")
+    OUTPUT_TOOLTIPS = ("The sanitized conditioning.", "A short text report of the scores.")
+    FUNCTION = "encode"
+    CATEGORY = CATEGORY
+
+    def encode(self, clip, text, sanitizer, intensity):
+        tokens = clip.tokenize(text)
+        if hasattr(clip, "encode_from_tokens_scheduled"):      # ComfyUI 0.3.x: what CLIPTextEncode does
+            conditioning = clip.encode_from_tokens_scheduled(tokens)
+        else:                                                  # ComfyUI 2024
+            cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
+            conditioning = [[cond, {"pooled_output": pooled}]]
+        out, report, ui = sanitize_conditioning(conditioning, sanitizer, intensity, 0.0,
+                                                token_labels(clip, text))
+        return {"ui": {"token_scores": ui, "text": [report]}, "result": (out, report)}

