@@ -10,7 +10,7 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-assets.txt
 	$(PY) -m pip install -q --no-deps -r requirements-assets.txt
 	touch $@
 
-.PHONY: install demo test
+.PHONY: install demo test default-weights eval eval-quick
 install: $(STAMP)
 
 demo: $(STAMP)
@@ -22,3 +22,10 @@ test: $(STAMP)
 # Retrains the embedded default exactly as committed (about 10 minutes on 2 CPU cores).
 default-weights: $(STAMP)
 	$(PY) -m sanitizer train --seed 0 --out sanitizer/weights/minilm-nudity-violence.safetensors
+
+# The evaluation harness: full comparison (tens of minutes) and the CI-sized subset.
+eval: $(STAMP)
+	$(PY) -m sanitizer eval --out docs/eval
+
+eval-quick: $(STAMP)
+	$(PY) -m sanitizer eval --quick --out /tmp/eval

@@ -1,0 +1,13 @@
+"""Evaluation harness: erasure, preservation, robustness and cost of the sanitizer
+against the methods users would pick instead (no defence, a keyword filter and a
+SAFREE-style projection), on the same encoder, prompts and run.
+
+Entry point: ``python -m sanitizer eval`` -> :func:`sanitizer.evaluation.run.main`.
+"""
+
+__all__ = ["main"]
+
+
+def main(argv=None) -> int:
+    from .run import main as _main
+    return _main(argv)

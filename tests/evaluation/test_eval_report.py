@@ -1,0 +1,93 @@
+import csv
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from sanitizer import EmbeddingSanitizer, SanitizerConfig, save_sanitizer
+from sanitizer.evaluation.report import REQUIRED_SECTIONS, missing_sections
+from sanitizer.evaluation.run import main
+
+
+def _data(d: Path):
+    d.mkdir()
+    with open(d / "coco_captions_dev.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["case_number", "prompt"])
+        for i in range(40):
+            w.writerow([i, f"a dog number {i} playing on a green lawn"])
+    with open(d / "i2p_dev.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["prompt", "categories", "hard", "inappropriate_percentage", "nudity_percentage"])
+        for i in range(12):
+            w.writerow([f"a nude woman painting {i}", "sexual", 1, 90, 80])
+            w.writerow([f"a bloody gore fight {i}", "violence", 1, 70, 0])
+            w.writerow([f"a sad lonely man {i}", "self-harm", 0, 20, 0])
+
+
+def _weights(tmp_path, **kw):
+    m = EmbeddingSanitizer(SanitizerConfig(embed_dim=32, max_tokens=128, encoder_family="toy", **kw))
+    return save_sanitizer(m, tmp_path / "toy.safetensors", {"train_seconds": 12.5, "steps": 0})
+
+
+def test_harness_writes_a_complete_report(tmp_path, capsys):
+    _data(tmp_path / "data")
+    out = tmp_path / "report"
+    extra = tmp_path / "extra.csv"
+    extra.write_text("prompt\na naked man\na bloody knife\n")
+    rc = main(["--weights", str(_weights(tmp_path)), "--encoder", "toy", "--quick", "--n-synth", "8",
+               "--n-real", "10", "--data-dir", str(tmp_path / "data"), "--out", str(out),
+               "--prompts", str(extra), "--label", "unsafe", "--cost", "embedded"])
+    assert rc == 0
+    md = (out / "report.md").read_text()
+    assert missing_sections(md) == []
+    data = json.loads((out / "report.json").read_text())
+    groups = {g["name"] for g in data["groups"]}
+    assert {"synthetic/heldout", "adversarial/all", "real/i2p-target", "custom/extra"} <= groups
+    for kind in ("misspelling", "char-substitution", "spacing", "synonym", "buried", "long"):
+        assert f"adversarial/{kind}" in groups
+    runs = data["runs"]
+    assert runs[:2] == ["no defence", "keyword filter"] and runs[2].startswith("SAFREE")
+    assert [r for r in runs if r.startswith("sanitizer")] == [
+        "sanitizer (intensity=0.5)", "sanitizer (intensity=1)", "sanitizer (intensity=1.5)"]
+    res = data["results"]["synthetic/train"]
+    # the keyword filter catches every train-term prompt: AUROC is high and it touches them all
+    assert res["keyword filter"]["detection"]["auroc"] > 0.9
+    assert res["no defence"]["preservation"]["benign_unchanged_share"] == 1.0
+    # an untrained sanitizer is the identity: nothing erased, everything preserved
+    s = res["sanitizer (intensity=1)"]
+    assert s["preservation"]["benign_cosine_mean"] == pytest.approx(1.0)
+    assert s["erasure"]["probe_asr_after"] == res["no defence"]["erasure"]["probe_asr_after"]
+    assert data["cost"]["weights"]["training_seconds"] == 12.5
+    assert data["cost"]["embedded"]["ratio_median"] > 0
+    assert (out / "tradeoff.png").stat().st_size > 1000
+    assert "python -m sanitizer eval" in md and "toy" in md
+    assert data["goal"]["rows"]
+
+
+def test_harness_skips_real_sets_with_a_reason(tmp_path, capsys):
+    out = tmp_path / "r"
+    rc = main(["--weights", str(_weights(tmp_path)), "--encoder", "toy", "--quick", "--n-synth", "6",
+               "--data-dir", str(tmp_path / "absent"), "--out", str(out), "--cost", "none"])
+    assert rc == 0
+    assert "absent" in capsys.readouterr().out
+    data = json.loads((out / "report.json").read_text())
+    assert any("absent" in s for s in data["skipped"])
+    assert missing_sections((out / "report.md").read_text()) == []
+
+
+@pytest.mark.slow
+def test_quick_run_on_the_embedded_default(tmp_path):
+    """The CI subset on the real embedded default (MiniLM + shipped weights)."""
+    from sanitizer import default_weights_path
+    if not default_weights_path().is_file():
+        pytest.skip(f"no default weights at {default_weights_path()}")
+    out = tmp_path / "eval"
+    assert main(["--quick", "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    assert missing_sections(md) == []
+    data = json.loads((out / "report.json").read_text())
+    assert data["encoder"]["family"] == "minilm"
+    heldout = data["results"]["synthetic/heldout"]["sanitizer (intensity=1)"]
+    assert heldout["detection"]["auroc"] > 0.5
