@@ -3,9 +3,12 @@ import subprocess
 import sys
 import time
 
+from pathlib import Path
+
 import pytest
 
-from conftest import ROOT, SHARED_DATA
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
 def cli(*args, stdin=None):
