@@ -16,7 +16,6 @@ from typing import Iterable, Optional
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 
 class SanitizerShapeError(ValueError):

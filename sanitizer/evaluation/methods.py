@@ -17,12 +17,10 @@ sweep over a knob on thousands of prompts needs little memory.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
-import numpy as np
 import torch
 
 # ---------------------------------------------------------------- encodings

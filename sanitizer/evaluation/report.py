@@ -182,7 +182,7 @@ def render_markdown(data: dict, plots: list[str]) -> str:
     unsafe_groups = [g["name"] for g in data["groups"] if g["n_unsafe"]]
     enc = data["encoder"]
     san = data["sanitizer"]
-    md = [f"# Embedding Sanitizer evaluation report", ""]
+    md = ["# Embedding Sanitizer evaluation report", ""]
     if data.get("quick"):
         md += ["> **Quick (CI) subset**: small sets; numbers are indicative only.", ""]
 
@@ -196,8 +196,8 @@ def render_markdown(data: dict, plots: list[str]) -> str:
            f"chunk {enc['chunk_length'] or 'none'}, max tokens {enc['max_tokens']}",
            f"- Sanitizer: `{san['weights']}`, concepts {', '.join(san['concepts'])}, "
            f"width {san['config'].get('width')}, layers {san['config'].get('layers')}",
-           f"- Methods: " + "; ".join(f"**{k}**: {v}" for k, v in data["methods"].items()),
-           f"- Probe training data: " + ", ".join(f"{k} {v}" for k, v in data["probe"]["sources"].items())
+           "- Methods: " + "; ".join(f"**{k}**: {v}" for k, v in data["methods"].items()),
+           "- Probe training data: " + ", ".join(f"{k} {v}" for k, v in data["probe"]["sources"].items())
            + f" (train accuracy {_f(data['probe']['train_accuracy'])}); real prompts in the probe split "
              f"({data['probe']['split_fraction']:.0%} by hash) are excluded from evaluation.",
            f"- Synonyms kept after removing lexicon overlaps: {data['oov_synonyms_kept']}",
@@ -352,7 +352,7 @@ def render_markdown(data: dict, plots: list[str]) -> str:
     md += [_table(["group", "rival", "ASR sanitizer vs rival", "benign cos sanitizer vs rival",
                    "beats at intensity 1", "beats at equal preservation (sweep)"], grows), ""]
     ok = goal["cost_under_5pct_of_clip_l"]
-    md += [f"Cost vs CLIP-L: " + ("not measured" if ok is None else
+    md += ["Cost vs CLIP-L: " + ("not measured" if ok is None else
                                   f"{_f(goal['clip_l_ratio'], pct=True)} -> {'under' if ok else '**over**'} 5%"), ""]
 
     md += ["## README table", "", readme_table(data), ""]

@@ -1,12 +1,11 @@
 import csv
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 from sanitizer import EmbeddingSanitizer, SanitizerConfig, save_sanitizer
-from sanitizer.evaluation.report import REQUIRED_SECTIONS, missing_sections
+from sanitizer.evaluation.report import missing_sections
 from sanitizer.evaluation.run import main
 
 
