@@ -23,6 +23,8 @@ from typing import Optional, Sequence
 
 import torch
 
+from ..metrics import prompt_scores
+
 # ---------------------------------------------------------------- encodings
 
 
@@ -377,8 +379,7 @@ class SanitizerMethod(Method):
             res = self.model.sanitize(emb, pooled, intensity=intensity, threshold=self.threshold,
                                       attention_mask=att)
             self.sanitize_seconds += time.perf_counter() - t0
-            token = res.scores.amax(dim=-1).masked_fill(~real, 0.0)
-            scores.append(token.amax(dim=1))
+            scores.append(prompt_scores(res.scores, real))
             touched.append((res.gates.masked_fill(~att, 0.0) > 0.01).any(dim=1))
             for b, it in enumerate(part):
                 n = it.embedding.shape[0]
