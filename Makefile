@@ -14,18 +14,18 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-assets.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m sanitizer demo
+	$(PY) -m embedding_sanitizer demo
 
 test: $(STAMP)
 	$(PY) -m pytest -ra
 
 # Retrains the embedded default exactly as committed (about 10 minutes on 2 CPU cores).
 default-weights: $(STAMP)
-	$(PY) -m sanitizer train --seed 0 --out sanitizer/weights/minilm-nudity-violence.safetensors
+	$(PY) -m embedding_sanitizer train --seed 0 --out embedding_sanitizer/weights/minilm-nudity-violence.safetensors
 
 # The evaluation harness: full comparison (tens of minutes) and the CI-sized subset.
 eval: $(STAMP)
-	$(PY) -m sanitizer eval --out docs/eval
+	$(PY) -m embedding_sanitizer eval --out docs/eval
 
 eval-quick: $(STAMP)
-	$(PY) -m sanitizer eval --quick --out /tmp/eval
+	$(PY) -m embedding_sanitizer eval --quick --out /tmp/eval

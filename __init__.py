@@ -10,9 +10,17 @@ import os
 import sys
 
 _PACK_DIR = os.path.dirname(os.path.abspath(__file__))
-if _PACK_DIR not in sys.path:
-    # The engine is the top-level package `sanitizer` inside this folder.
-    sys.path.append(_PACK_DIR)
+
+
+def _import_engine():
+    """Import the engine package `embedding_sanitizer` from this folder. The folder is on
+    sys.path only while it loads: left there, its `nodes`, `scripts`, ... would shadow
+    ComfyUI's own modules of those names."""
+    sys.path.insert(0, _PACK_DIR)
+    try:
+        import embedding_sanitizer  # noqa: F401
+    finally:
+        sys.path.remove(_PACK_DIR)
 
 WEB_DIRECTORY = "./web"
 NODE_CLASS_MAPPINGS = {}
@@ -24,6 +32,7 @@ except ImportError:
     folder_paths = None
 
 if folder_paths is not None:
+    _import_engine()
     # Relative import: ComfyUI has a top-level module called `nodes` of its own,
     # and ours must never shadow it.
     from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: F811

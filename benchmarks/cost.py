@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from sanitizer import default_weights_path, load_sanitizer  # noqa: E402
-from sanitizer.evaluation.cost import file_cost, measure, measure_full_size  # noqa: E402
+from embedding_sanitizer import default_weights_path, load_sanitizer  # noqa: E402
+from embedding_sanitizer.evaluation.cost import file_cost, measure, measure_full_size  # noqa: E402
 
 
 def row(label, r):
@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     out = {"torch": torch.__version__, "threads": torch.get_num_threads()}
     print(f"torch {torch.__version__}, timing with {threads or torch.get_num_threads()} CPU thread(s)")
     if model is not None:
-        from sanitizer.encoders import load_encoder
+        from embedding_sanitizer.encoders import load_encoder
         out["weights"] = file_cost(path, model)
         w = out["weights"]
         print(f"sanitizer {path.name}: {w['parameters']:,} parameters, {w.get('file_bytes', 0) / 1e6:.2f} MB, "

@@ -8,9 +8,9 @@ import os
 import folder_paths
 import torch
 
-from sanitizer import SanitizerShapeError
-from sanitizer.metrics import embedding_cosine
-from sanitizer.report import format_report, prompt_summary, token_report
+from embedding_sanitizer import SanitizerShapeError
+from embedding_sanitizer.metrics import embedding_cosine
+from embedding_sanitizer.report import format_report, prompt_summary, token_report
 
 FOLDER = "sanitizers"
 EXTENSIONS = {".safetensors"}

@@ -6,7 +6,7 @@ import os
 
 import folder_paths
 
-from sanitizer import WeightFileError, load_sanitizer
+from embedding_sanitizer import WeightFileError, load_sanitizer
 
 from .common import CATEGORY, FOLDER, register_folder, sanitize_conditioning, token_labels
 

@@ -10,9 +10,9 @@ import comfy.utils
 import folder_paths
 import torch
 
-from sanitizer import save_sanitizer
-from sanitizer.lexicon import Concept, builtin_concepts
-from sanitizer.train import TrainConfig, train_sanitizer
+from embedding_sanitizer import save_sanitizer
+from embedding_sanitizer.lexicon import Concept, builtin_concepts
+from embedding_sanitizer.train import TrainConfig, train_sanitizer
 
 from .common import CATEGORY, FOLDER, register_folder
 
@@ -57,7 +57,7 @@ class ComfyClipEncoder:
 
     @torch.no_grad()
     def encode(self, prompts):
-        from sanitizer.encoders import EncodedBatch
+        from embedding_sanitizer.encoders import EncodedBatch
 
         conds, pooled, ids, real = [], [], [], []
         for text in prompts:

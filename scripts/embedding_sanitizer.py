@@ -1,6 +1,6 @@
 """Embedding Sanitizer for AUTOMATIC1111 (1.6+) and Forge: a thin host adapter.
 
-The logic that needs no webui lives in sanitizer/webui.py; the network in sanitizer/model.py.
+The logic that needs no webui lives in embedding_sanitizer/webui.py; the network in embedding_sanitizer/model.py.
 
 Why this hook: the webui builds the conditioning in `p.setup_conds()`, which runs AFTER
 every `process_batch` hook, and the sampler then gets `p.c` (first pass) and `p.hr_c`
@@ -37,13 +37,18 @@ import gradio as gr
 from modules import script_callbacks, scripts, shared
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
+# The extension folder is on sys.path only while the engine loads: left in front, its
+# `scripts`, `javascript`, ... would shadow modules of the webui and other extensions.
+sys.path.insert(0, _ROOT)
+try:
+    import embedding_sanitizer  # noqa: F401
+finally:
+    sys.path.remove(_ROOT)
 
-from sanitizer import load_sanitizer, read_metadata  # noqa: E402
-from sanitizer import webui as W  # noqa: E402
-from sanitizer import report  # noqa: E402
-from sanitizer.report import token_report  # noqa: E402
+from embedding_sanitizer import load_sanitizer, read_metadata  # noqa: E402
+from embedding_sanitizer import webui as W  # noqa: E402
+from embedding_sanitizer import report  # noqa: E402
+from embedding_sanitizer.report import token_report  # noqa: E402
 
 try:
     from modules.paths import models_path

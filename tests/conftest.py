@@ -10,11 +10,11 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 
 @pytest.fixture(scope="session")
 def minilm():
-    from sanitizer.encoders import MiniLMEncoder
+    from embedding_sanitizer.encoders import MiniLMEncoder
     return MiniLMEncoder("cpu")
 
 
 @pytest.fixture(scope="session")
 def default_model():
-    from sanitizer import default_weights_path, load_sanitizer
+    from embedding_sanitizer import default_weights_path, load_sanitizer
     return load_sanitizer(default_weights_path())

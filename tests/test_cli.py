@@ -12,7 +12,7 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
 def cli(*args, stdin=None):
-    return subprocess.run([sys.executable, "-m", "sanitizer", *args], cwd=ROOT, input=stdin,
+    return subprocess.run([sys.executable, "-m", "embedding_sanitizer", *args], cwd=ROOT, input=stdin,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -57,7 +57,7 @@ def test_bad_weights_give_a_clear_error(tmp_path):
 
 def test_demo_runs_offline_in_under_a_minute():
     started = time.time()
-    out = subprocess.run([sys.executable, "-m", "sanitizer", "demo"], cwd=ROOT, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "embedding_sanitizer", "demo"], cwd=ROOT, capture_output=True, text=True,
                          timeout=300, env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                                            "PATH": "/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": ""})
     assert out.returncode == 0, out.stderr

@@ -2,7 +2,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from sanitizer.encoders import BOS, EOS, clip_tokenizer, load_encoder, random_clip_encoder
+from embedding_sanitizer.encoders import BOS, EOS, clip_tokenizer, load_encoder, random_clip_encoder
 
 
 def test_clip_tokenizer_gives_the_real_clip_ids():

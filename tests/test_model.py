@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from sanitizer import EmbeddingSanitizer, SanitizerConfig, SanitizerShapeError
+from embedding_sanitizer import EmbeddingSanitizer, SanitizerConfig, SanitizerShapeError
 
 
 def make(**kw):

@@ -4,10 +4,10 @@ import random
 import pytest
 import torch
 
-from sanitizer.encoders import clip_tokenizer
-from sanitizer.lexicon import (NUDITY, VIOLENCE, Concept, builtin_concepts, load_concepts_file, make_pairs,
+from embedding_sanitizer.encoders import clip_tokenizer
+from embedding_sanitizer.lexicon import (NUDITY, VIOLENCE, Concept, builtin_concepts, load_concepts_file, make_pairs,
                                misspell)
-from sanitizer.train import TrainConfig, train_sanitizer
+from embedding_sanitizer.train import TrainConfig, train_sanitizer
 
 TINY = dict(steps=120, batch_size=32, pairs_per_concept=80, benign=160, heldout_pairs_per_concept=30,
             heldout_benign=40, width=64, layers=1)
@@ -85,7 +85,7 @@ def test_progress_callback_can_stop_training(minilm):
 
 
 def test_sdxl_training_learns_the_pooled_head():
-    from sanitizer.encoders import random_clip_encoder
+    from embedding_sanitizer.encoders import random_clip_encoder
 
     encoder = random_clip_encoder("sdxl-clip-lg", layers=1, seed=0, device="cpu")
     small = dict(TINY, steps=30, pairs_per_concept=40, benign=60, heldout_pairs_per_concept=10, heldout_benign=10)

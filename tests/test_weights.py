@@ -5,8 +5,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import sanitizer.weights as weights
-from sanitizer import (EmbeddingSanitizer, SanitizerConfig, WeightFileError, default_weights_path,
+import embedding_sanitizer.weights as weights
+from embedding_sanitizer import (EmbeddingSanitizer, SanitizerConfig, WeightFileError, default_weights_path,
                        load_sanitizer, read_metadata, save_sanitizer)
 
 SUMMARY = {"steps": 3, "heldout": {"auroc": 0.5}}
@@ -133,4 +133,4 @@ def test_embedded_default_is_valid_and_meets_its_targets():
     assert heldout["auroc"] >= 0.95
     assert heldout["benign_cosine_mean"] >= 0.99
     assert heldout["benign_gated_share"] <= 0.05
-    assert meta["training"]["command"].startswith("python -m sanitizer train")
+    assert meta["training"]["command"].startswith("python -m embedding_sanitizer train")

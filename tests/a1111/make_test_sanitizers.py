@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from sanitizer import EmbeddingSanitizer, SanitizerConfig, save_sanitizer  # noqa: E402
+from embedding_sanitizer import EmbeddingSanitizer, SanitizerConfig, save_sanitizer  # noqa: E402
 
 
 def make(family, dim, pooled, seed):

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sanitizer import save_sanitizer
-from sanitizer import webui as W
+from embedding_sanitizer import save_sanitizer
+from embedding_sanitizer import webui as W
 
 from .test_webui_adapter import (ComposableScheduledPromptConditioning, MulticondLearnedConditioning,
                                  ScheduledPromptConditioning, active_model, sd1_cond)

@@ -1,4 +1,4 @@
-"""Unit tests of sanitizer/webui.py: the A1111 / Forge adapter logic that needs no webui.
+"""Unit tests of embedding_sanitizer/webui.py: the A1111 / Forge adapter logic that needs no webui.
 
 The webui's conditioning structures are rebuilt here with the same shapes and attribute
 names as modules/prompt_parser.py (A1111 1.6-1.10, Forge)."""
@@ -8,8 +8,8 @@ from collections import namedtuple
 import pytest
 import torch
 
-from sanitizer import EmbeddingSanitizer, SanitizerConfig
-from sanitizer import webui as W
+from embedding_sanitizer import EmbeddingSanitizer, SanitizerConfig
+from embedding_sanitizer import webui as W
 
 ScheduledPromptConditioning = namedtuple("ScheduledPromptConditioning", ["end_at_step", "cond"])
 
@@ -141,7 +141,7 @@ def test_negative_list_of_lists_is_walked_but_signature_detects_changes():
 
 
 def test_wrong_dimension_raises_shape_error():
-    from sanitizer import SanitizerShapeError
+    from embedding_sanitizer import SanitizerShapeError
     multi = MulticondLearnedConditioning((1,), [[ComposableScheduledPromptConditioning(
         [ScheduledPromptConditioning(20, sdxl_cond())])]])
     with pytest.raises(SanitizerShapeError):

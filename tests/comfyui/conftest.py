@@ -84,7 +84,7 @@ def active_sanitizer(embed_dim: int, pooled_dim: int, family: str, seed: int = 0
                      score_std: float = 1.0, score_bias: float = 0.0):
     """A sanitizer whose heads are random (an untrained one is the identity): it moves tokens."""
     import torch
-    from sanitizer import EmbeddingSanitizer, SanitizerConfig
+    from embedding_sanitizer import EmbeddingSanitizer, SanitizerConfig
     torch.manual_seed(seed)
     model = EmbeddingSanitizer(SanitizerConfig(
         embed_dim=embed_dim, pooled_dim=pooled_dim, chunk_length=77, max_tokens=77, width=64, layers=1,
@@ -100,7 +100,7 @@ def active_sanitizer(embed_dim: int, pooled_dim: int, family: str, seed: int = 0
 
 @pytest.fixture(scope="session")
 def sanitizer_files(pack, sanitizers_dir):
-    from sanitizer import save_sanitizer
+    from embedding_sanitizer import save_sanitizer
     files = {}
     for name, args in {"sd1-test.safetensors": (768, 0, "sd1-clip-l"),
                        "sdxl-test.safetensors": (2048, 1280, "sdxl-clip-lg")}.items():

@@ -53,7 +53,7 @@ import sys; sys.path.insert(0, {str(comfy_root)!r}); sys.path.insert(0, {str(REP
 from comfy.cli_args import args; args.cpu = True
 import torch, comfy.sd1_clip
 from safetensors.torch import save_file
-from sanitizer import save_sanitizer
+from embedding_sanitizer import save_sanitizer
 from comfyui.conftest import active_sanitizer
 torch.set_grad_enabled(False)
 m = comfy.sd1_clip.SDClipModel(device="cpu", dtype=torch.float32)

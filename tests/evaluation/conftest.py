@@ -1,7 +1,7 @@
 import pytest
 
-from sanitizer.evaluation.methods import EncodingCache
-from sanitizer.evaluation.toy import ToyEncoder
+from embedding_sanitizer.evaluation.methods import EncodingCache
+from embedding_sanitizer.evaluation.toy import ToyEncoder
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 import torch
 
-from sanitizer import EmbeddingSanitizer, SanitizerConfig
-from sanitizer.evaluation.methods import (KeywordFilter, NoDefence, SafreeProjection, SanitizerMethod,
+from embedding_sanitizer import EmbeddingSanitizer, SanitizerConfig
+from embedding_sanitizer.evaluation.methods import (KeywordFilter, NoDefence, SafreeProjection, SanitizerMethod,
                                           compare, orthonormal_basis, project_out)
 
 
@@ -88,7 +88,7 @@ def test_sanitizer_method_intensity_zero_is_identity_and_scores_are_kept(cache):
 
 
 def test_compare_pads_different_lengths():
-    from sanitizer.evaluation.methods import Item
+    from embedding_sanitizer.evaluation.methods import Item
     a = Item(torch.ones(3, 4), None, torch.tensor([False, True, False]), torch.ones(3, dtype=torch.bool))
     b = Item(torch.ones(2, 4), None, torch.tensor([False, False]), torch.ones(2, dtype=torch.bool))
     cos, same = compare([a, a], [b, a])

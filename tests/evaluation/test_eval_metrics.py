@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from sanitizer.evaluation.metrics import LogisticProbe, auroc, percentile, roc_curve, tpr_at_fpr
+from embedding_sanitizer.evaluation.metrics import LogisticProbe, auroc, percentile, roc_curve, tpr_at_fpr
 
 
 def test_auroc_known_values():

@@ -3,9 +3,9 @@ import re
 
 import pytest
 
-from sanitizer.evaluation import prompts as P
-from sanitizer.evaluation.methods import KeywordFilter
-from sanitizer.lexicon import builtin_concepts
+from embedding_sanitizer.evaluation import prompts as P
+from embedding_sanitizer.evaluation.methods import KeywordFilter
+from embedding_sanitizer.lexicon import builtin_concepts
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def test_synonyms_are_not_in_the_lexicon(concepts):
 
 
 def test_long_and_buried_prompts(concepts):
-    from sanitizer.encoders import clip_tokenizer
+    from embedding_sanitizer.encoders import clip_tokenizer
     try:
         tok = clip_tokenizer()
     except FileNotFoundError as exc:

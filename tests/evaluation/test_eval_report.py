@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from sanitizer import EmbeddingSanitizer, SanitizerConfig, save_sanitizer
-from sanitizer.evaluation.report import missing_sections
-from sanitizer.evaluation.run import main
+from embedding_sanitizer import EmbeddingSanitizer, SanitizerConfig, save_sanitizer
+from embedding_sanitizer.evaluation.report import missing_sections
+from embedding_sanitizer.evaluation.run import main
 
 
 def _data(d: Path):
@@ -61,7 +61,7 @@ def test_harness_writes_a_complete_report(tmp_path, capsys):
     assert data["cost"]["weights"]["training_seconds"] == 12.5
     assert data["cost"]["embedded"]["ratio_median"] > 0
     assert (out / "tradeoff.png").stat().st_size > 1000
-    assert "python -m sanitizer eval" in md and "toy" in md
+    assert "python -m embedding_sanitizer eval" in md and "toy" in md
     assert data["goal"]["rows"]
 
 
@@ -79,7 +79,7 @@ def test_harness_skips_real_sets_with_a_reason(tmp_path, capsys):
 @pytest.mark.slow
 def test_quick_run_on_the_embedded_default(tmp_path):
     """The CI subset on the real embedded default (MiniLM + shipped weights)."""
-    from sanitizer import default_weights_path
+    from embedding_sanitizer import default_weights_path
     if not default_weights_path().is_file():
         pytest.skip(f"no default weights at {default_weights_path()}")
     out = tmp_path / "eval"

@@ -1,9 +1,9 @@
-"""`python -m sanitizer eval`: measure the sanitizer and its peers on the same encoder,
+"""`python -m embedding_sanitizer eval`: measure the sanitizer and its peers on the same encoder,
 the same prompts and in the same run, and write report.md, report.json and plots.
 
-    python -m sanitizer eval --out eval_report                 # full run (documented)
-    python -m sanitizer eval --quick --out /tmp/eval           # CI subset (minutes)
-    python -m sanitizer eval --prompts my.csv --label unsafe   # add any CSV with a prompt column
+    python -m embedding_sanitizer eval --out eval_report                 # full run (documented)
+    python -m embedding_sanitizer eval --quick --out /tmp/eval           # CI subset (minutes)
+    python -m embedding_sanitizer eval --prompts my.csv --label unsafe   # add any CSV with a prompt column
 """
 
 from __future__ import annotations
@@ -32,11 +32,11 @@ HEADLINE_GROUPS = ("synthetic/heldout", "adversarial/all", "real/i2p-target")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sanitizer eval", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m embedding_sanitizer eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", default=None, help="sanitizer weight file (default: the embedded MiniLM default)")
     p.add_argument("--encoder", default=None,
-                   help="text encoder spec for sanitizers of other families (see sanitizer.encoders.load_encoder); "
+                   help="text encoder spec for sanitizers of other families (see embedding_sanitizer.encoders.load_encoder); "
                         "default: the embedded MiniLM for 'minilm' weights; 'toy' = test encoder")
     p.add_argument("--out", default="eval_report", help="output folder (report.md, report.json, *.png)")
     p.add_argument("--quick", action="store_true", help="CI subset: small sets, short sweeps, embedded cost only")
@@ -80,7 +80,7 @@ def _load(args, log):
     spec = args.encoder or ("minilm" if family == "minilm" else None)
     if spec is None:
         raise SystemExit(f"the sanitizer {path.name} is for the '{family}' encoder; pass --encoder "
-                         f"with that encoder's weights (see sanitizer.encoders.load_encoder)")
+                         f"with that encoder's weights (see embedding_sanitizer.encoders.load_encoder)")
     if spec == "toy":   # tests: a word-hash encoder of the sanitizer's width (no weights needed)
         from .toy import ToyEncoder
         encoder = ToyEncoder(model.config.embed_dim, model.config.max_tokens)
@@ -266,7 +266,7 @@ def evaluate(args, log=print) -> dict:
 
     meta = model.metadata or {}
     data = {
-        "command": "python -m sanitizer eval " + " ".join(shlex.quote(a) for a in getattr(args, "argv", [])),
+        "command": "python -m embedding_sanitizer eval " + " ".join(shlex.quote(a) for a in getattr(args, "argv", [])),
         "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "quick": quick,
         "machine": {"python": platform.python_version(), "torch": torch.__version__,

@@ -1,4 +1,4 @@
-"""Command line: python -m sanitizer {demo,score,train,measure,eval} (see --help)."""
+"""Command line: python -m embedding_sanitizer {demo,score,train,measure,eval} (see --help)."""
 
 from __future__ import annotations
 
@@ -98,7 +98,7 @@ def cmd_train(args):
     config = TrainConfig(steps=args.steps, seed=args.seed, device=args.device,
                          pairs_per_concept=args.pairs, benign=args.benign)
     model, summary = train_sanitizer(encoder, concepts, config)
-    summary["command"] = "python -m sanitizer " + " ".join(sys.argv[1:])
+    summary["command"] = "python -m embedding_sanitizer " + " ".join(sys.argv[1:])
     out = save_sanitizer(model, args.out, summary)
     h = summary["heldout"]
     print(f"\nsaved {out} ({out.stat().st_size / 1e6:.1f} MB, {model.parameter_count():,} parameters, "
@@ -119,7 +119,7 @@ def main(argv=None):
     if argv[:1] == ["eval"]:     # the harness parses its own, longer, argument list
         from .evaluation.run import main as eval_main
         raise SystemExit(eval_main(argv[1:]))
-    parser = argparse.ArgumentParser(prog="python -m sanitizer", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m embedding_sanitizer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p):

@@ -363,7 +363,7 @@ def render_markdown(data: dict, plots: list[str]) -> str:
            "moves embeddings towards the probe's benign side lowers the ASR whether or not an image model would "
            "follow. The probe is trained on ORIGINAL embeddings only, never on any method's output.",
            "- The sanitizer was trained on the lexicon's train terms with random misspellings of them (see "
-           "sanitizer/lexicon.py); the misspelling and character-substitution variants are therefore partly "
+           "embedding_sanitizer/lexicon.py); the misspelling and character-substitution variants are therefore partly "
            "in its training distribution. Held-out terms, synonyms and the real sets are not.",
            "- SAFREE-style: only its text-embedding projection is implemented (from the paper's description, "
            "word-level leave-one-out); its image-side parts (self-validating filtering, latent re-attention) act "
