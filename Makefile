@@ -10,7 +10,7 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-assets.txt
 	$(PY) -m pip install -q --no-deps -r requirements-assets.txt
 	touch $@
 
-.PHONY: install demo test default-weights eval eval-quick
+.PHONY: install demo test default-weights corpus measure eval eval-quick
 install: $(STAMP)
 
 demo: $(STAMP)
@@ -19,9 +19,17 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -ra
 
-# Retrains the embedded default exactly as committed (about 10 minutes on 2 CPU cores).
+# Retrains the embedded default exactly as committed (see the README for its time on 2 CPU cores).
 default-weights: $(STAMP)
 	$(PY) -m embedding_sanitizer train --seed 0 --out embedding_sanitizer/weights/minilm-nudity-violence.safetensors
+
+# Rewrites the shipped training corpus (embedding_sanitizer/data/) from ../shared/data's training part.
+corpus: $(STAMP)
+	$(PY) tools/make_corpus.py
+
+# The README's figures (validation part of ../shared/data).
+measure: $(STAMP)
+	$(PY) -m embedding_sanitizer measure
 
 # The evaluation harness: full comparison (tens of minutes) and the CI-sized subset.
 eval: $(STAMP)

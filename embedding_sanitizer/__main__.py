@@ -6,7 +6,10 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
+
+from .model import DEFAULT_THRESHOLD
+from .paths import default_data_dir
+from .train import TrainConfig
 
 DEMO_PROMPTS = (
     "a photo of a cat sitting on a windowsill",
@@ -82,7 +85,7 @@ def cmd_train(args):
     from . import save_sanitizer
     from .encoders import load_encoder
     from .lexicon import builtin_concepts, load_concepts_file
-    from .train import TrainConfig, train_sanitizer
+    from .train import train_sanitizer
 
     builtin = builtin_concepts()
     names = [n for n in (args.concepts or "").split(",") if n]
@@ -105,13 +108,16 @@ def cmd_train(args):
           f"{summary['train_seconds']} s)\n"
           f"held-out terms: AUROC {h.get('auroc')}, TPR@1%FPR {h.get('tpr_at_1pct_fpr')}; benign prompts: "
           f"cosine {h.get('benign_cosine_mean')}, gated share {h.get('benign_gated_share')}")
+    for warning in summary["warnings"]:
+        print(f"warning: {warning}")
 
 
 def cmd_measure(args):
     from .measure import measure
 
     model, encoder = _load(args.weights, args.encoder)
-    print(measure(model, encoder, data_dir=args.data_dir, limit=args.limit, threshold=args.threshold))
+    print(measure(model, encoder, data_dir=args.data_dir, threshold=args.threshold, n_synth=args.n_synth,
+                  log=lambda line: print(line, file=sys.stderr)))
 
 
 def main(argv=None):
@@ -137,7 +143,8 @@ def main(argv=None):
     p.add_argument("--file", help="read prompts from this file, one per line")
     p.add_argument("--json", action="store_true", help="one JSON object per prompt per line")
     p.add_argument("--intensity", type=float, default=1.0)
-    p.add_argument("--threshold", type=float, default=0.0)
+    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                   help=f"tokens scoring below this are left untouched (default {DEFAULT_THRESHOLD:g})")
     p.add_argument("--concepts", help="comma-separated concepts to erase (default: all)")
     p.set_defaults(func=cmd_score)
 
@@ -145,9 +152,9 @@ def main(argv=None):
     p.add_argument("--encoder", help="as for score (default: embedded MiniLM)")
     p.add_argument("--concepts", help="built-in concepts, comma-separated (default: all built-in)")
     p.add_argument("--concepts-file", help="JSON file of your own concepts (terms, anchors)")
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--pairs", type=int, default=2500, help="unsafe/anchor pairs per concept")
-    p.add_argument("--benign", type=int, default=6000, help="benign prompts")
+    p.add_argument("--steps", type=int, default=TrainConfig.steps)
+    p.add_argument("--pairs", type=int, default=TrainConfig.pairs_per_concept, help="unsafe/anchor pairs per concept")
+    p.add_argument("--benign", type=int, default=TrainConfig.benign, help="synthetic and real benign prompts")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--out", required=True, help="where to write the .safetensors weight file")
@@ -155,10 +162,10 @@ def main(argv=None):
 
     p = sub.add_parser("measure", help="held-out and real-prompt-set figures for a sanitizer")
     common(p)
-    p.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data"),
-                   help="folder with i2p_dev.csv and coco_captions_dev.csv")
-    p.add_argument("--limit", type=int, default=0, help="use at most this many prompts per set (0 = all)")
-    p.add_argument("--threshold", type=float, default=0.0, help="gate threshold to measure at")
+    p.add_argument("--data-dir", default=str(default_data_dir()),
+                   help="folder with i2p_dev.csv and coco_captions_dev.csv (validation part is used)")
+    p.add_argument("--n-synth", type=int, default=200, help="prompts per synthetic and adversarial set")
+    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="score threshold to measure at")
     p.set_defaults(func=cmd_measure)
 
     sub.add_parser("eval", add_help=False,

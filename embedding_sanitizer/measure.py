@@ -1,61 +1,108 @@
-"""The figures the README reports for a sanitizer: held-out terms and real prompt sets."""
+"""The README's figures: the sanitizer beside two baselines, on the harness's prompt sets.
+
+    python -m embedding_sanitizer measure [--threshold T] [--n-synth N]
+
+Every row is a group of the evaluation harness (evaluation/prompts.py), with the harness's
+metrics; the real sets (I2P, COCO captions) are read from shared/data, validation part only.
+Two baselines score the same prompts from the same encoder's mean-pooled output:
+
+- zero-shot: cosine to written descriptions of the concept (no training at all);
+- supervised: a logistic regression trained on the training part the sanitizer also learns
+  from (I2P nudity >= 50% against COCO captions and non-sexual I2P prompts).
+
+A token-level sanitizer reads the same embeddings, so it should at least match them.
+"""
 
 from __future__ import annotations
 
-import csv
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import torch
+
+from . import corpus
+from .evaluation import prompts as P
+from .evaluation.methods import EncodingCache, SanitizerMethod, item_pool
+from .evaluation.metrics import ConceptSimilarity, LogisticProbe
 from .lexicon import builtin_concepts
-from .train import TrainConfig, evaluate, heldout_sets, prompt_stats, summarize
-
-NUDITY_PERCENT = 50.0    # the literature's cut for an I2P prompt to count as "nudity"
+from .metrics import auroc, tpr_at_fpr
 
 
-def read_prompts(path: Path, keep=lambda row: True, limit: int = 0) -> list[str]:
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = [r["prompt"].strip() for r in csv.DictReader(f) if r.get("prompt", "").strip() and keep(r)]
-    return rows[:limit] if limit else rows
+@dataclass
+class Row:
+    label: str
+    group: P.Group
+    concepts: tuple[str, ...]        # what the prompt score is asked about
 
 
-def real_sets(data_dir: Path, limit: int = 0) -> Optional[dict]:
-    i2p, coco = data_dir / "i2p_dev.csv", data_dir / "coco_captions_dev.csv"
-    if not (i2p.exists() and coco.exists()):
-        return None
-    return {
-        "i2p_nudity": read_prompts(i2p, lambda r: float(r["nudity_percentage"] or 0) >= NUDITY_PERCENT, limit),
-        "i2p_violence": read_prompts(i2p, lambda r: "violence" in r["categories"], limit),
-        "coco": read_prompts(coco, limit=limit),
-    }
-
-
-def measure(model, encoder, data_dir, limit: int = 0, threshold: float = 0.0) -> str:
-    """A Markdown table of detection and preservation figures."""
-    config = TrainConfig(**{k: v for k, v in model.metadata.get("training", {}).get("config", {}).items()
-                            if k in TrainConfig.__dataclass_fields__})
-    concepts = [c for name, c in builtin_concepts().items() if name in model.concepts]
-    unsafe, benign = heldout_sets(encoder, concepts, config)
-    rows = [("held-out lexicon terms vs held-out benign prompts",
-             evaluate(model, encoder, unsafe, benign, threshold=threshold))]
-    data_dir = Path(data_dir)
-    sets = real_sets(data_dir, limit)
+def rows_of(model, data_dir: Optional[Path], n_synth: int, log) -> tuple[list[Row], list[str]]:
+    concepts = {name: c for name, c in builtin_concepts().items() if name in model.concepts}
+    everything = tuple(concepts)
+    rows = [Row("held-out lexicon terms", P.synthetic_group(concepts, "heldout", n_synth), everything)]
+    for kind in P.ADVERSARIAL_KINDS:
+        rows.append(Row(f"adversarial: {kind}", P.adversarial_group(kind, concepts, n_synth), everything))
+    rows.append(Row("benign tag-style prompts", P.tag_style_group(), everything))
     notes = []
-    if sets is None:
-        notes.append(f"real prompt sets skipped: {data_dir} has no i2p_dev.csv / coco_captions_dev.csv")
-    else:
-        coco = prompt_stats(model, encoder, sets["coco"], threshold=threshold)
-        for name, label in (("i2p_nudity", f"I2P nudity_percentage >= {NUDITY_PERCENT:g} vs COCO captions"),
-                            ("i2p_violence", "I2P category 'violence' vs COCO captions")):
-            rows.append((label, summarize(prompt_stats(model, encoder, sets[name], threshold=threshold), coco)))
-    lines = [f"Sanitizer: {model.config.encoder_name}, concepts {', '.join(model.concepts)}, intensity 1.0, "
-             f"threshold {threshold:g}",
+    if data_dir is None or not data_dir.is_dir():
+        notes.append(f"real prompt sets skipped: {data_dir} is absent")
+        return rows, notes
+    real, info = P.real_groups(data_dir, None, log=log, exclude=corpus.is_training_part)
+    notes += info.get("skipped", [])
+    by_name = {g.name: g for g in real}
+    if "nudity" in concepts and "real/i2p-nudity" in by_name:
+        rows.append(Row("I2P nudity >= 50 vs COCO captions", by_name["real/i2p-nudity"], ("nudity",)))
+        rows.append(Row("I2P nudity >= 50 vs non-sexual I2P (hard)", by_name["real/i2p-nudity-vs-nonsexual"],
+                        ("nudity",)))
+    if "violence" in concepts and "real/i2p-violence" in by_name:
+        rows.append(Row("I2P 'violence' category vs COCO captions", by_name["real/i2p-violence"], ("violence",)))
+    return rows, notes
+
+
+def supervised_probe(cache: EncodingCache, seed: int = 0) -> LogisticProbe:
+    """Logistic regression on mean-pooled embeddings of the shipped training part (nudity)."""
+    positive = [r["prompt"] for r in corpus.i2p_rows()
+                if float(r["nudity_percentage"] or 0) >= corpus.NUDITY_PERCENT]
+    negative = [r["prompt"] for r in corpus.i2p_rows()
+                if float(r["nudity_percentage"] or 0) == 0 and "sexual" not in r["categories"]]
+    negative += P.PromptSet("coco", list(corpus.real_captions()), "benign").take(3000, seed).prompts
+    xs = torch.stack([item_pool(it) for it in cache.get(positive + negative)])
+    ys = torch.cat([torch.ones(len(positive)), torch.zeros(len(negative))])
+    return LogisticProbe().fit(xs, ys)
+
+
+def measure(model, encoder, data_dir, threshold: float = 0.0, n_synth: int = 200, log=print) -> str:
+    """A Markdown table of detection and preservation figures with the two baselines."""
+    data_dir = Path(data_dir) if data_dir else None
+    rows, notes = rows_of(model, data_dir, n_synth, log)
+    cache = EncodingCache(encoder)
+    zero_shot = {c: ConceptSimilarity(encoder, {c: P.concept_descriptions(c)}) for c in model.concepts}
+    probe = supervised_probe(cache) if "nudity" in model.concepts else None
+
+    def pooled(prompts):
+        return torch.stack([item_pool(it) for it in cache.get(prompts)])
+
+    lines = [f"Sanitizer: {model.config.encoder_name}, concepts {', '.join(model.concepts)}, intensity 1, "
+             f"threshold {threshold:g}. AUROC columns: sanitizer / zero-shot / supervised baseline.",
              "",
-             "| prompt set | unsafe | benign | AUROC | TPR@1%FPR | benign cosine (mean / p01) "
-             "| benign gated > 0.01 | unsafe cosine |",
-             "|---|---|---|---|---|---|---|---|"]
-    for label, r in rows:
-        lines.append(f"| {label} | {r['unsafe_prompts']} | {r['benign_prompts']} | {r['auroc']:.4f} "
-                     f"| {r['tpr_at_1pct_fpr']:.3f} | {r['benign_cosine_mean']:.4f} / "
-                     f"{r['benign_cosine_p01']:.4f} | {100 * r['benign_gated_share']:.1f}% "
-                     f"| {r['unsafe_cosine_mean']:.4f} |")
+             "| prompt set | unsafe | benign | AUROC (sanitizer / zero-shot / supervised) | TPR@1%FPR "
+             "| benign touched | benign cosine |",
+             "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        method = SanitizerMethod(model, threshold=threshold, score_concepts=row.concepts)
+        benign = method.run(cache, row.group.benign.prompts)
+        touched = f"{100 * float(benign.touched.float().mean()):.1f}%"
+        cosine = f"{float(benign.cosine.mean()):.4f}"
+        if row.group.unsafe is None:
+            lines.append(f"| {row.label} | - | {len(row.group.benign)} | - | - | {touched} | {cosine} |")
+            continue
+        unsafe = method.run(cache, row.group.unsafe.prompts)
+        u_pool, b_pool = pooled(row.group.unsafe.prompts), pooled(row.group.benign.prompts)
+        shot = max(row.concepts, key=lambda c: auroc(zero_shot[c](u_pool), zero_shot[c](b_pool)))
+        supervised = (f"{auroc(probe.proba(u_pool), probe.proba(b_pool)):.3f}"
+                      if probe is not None and row.concepts == ("nudity",) and row.group.kind == "real" else "-")
+        lines.append(f"| {row.label} | {len(row.group.unsafe)} | {len(row.group.benign)} "
+                     f"| {auroc(unsafe.score, benign.score):.3f} / "
+                     f"{auroc(zero_shot[shot](u_pool), zero_shot[shot](b_pool)):.3f} / {supervised} "
+                     f"| {tpr_at_fpr(unsafe.score, benign.score, 0.01):.3f} | {touched} | {cosine} |")
     return "\n".join(lines + [""] + notes)

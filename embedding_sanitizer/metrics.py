@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
+from .model import token_scores
+
+# A prompt counts as changed ("touched") when any of its gates exceeds this.
+TOUCHED_GATE = 0.01
+
 
 def prompt_scores(scores: torch.Tensor, real_mask: torch.Tensor, concept_mask: Optional[torch.Tensor] = None):
-    """Largest token score over a prompt's real tokens (and the enabled concepts): (B,)."""
-    if concept_mask is not None:
-        scores = scores.masked_fill(~concept_mask.to(scores.device), 0.0)
-    token = scores.amax(dim=-1)
+    """The prompt score: the largest token score over a prompt's real tokens (and the enabled concepts): (B,)."""
+    token = token_scores(scores, concept_mask)
     return token.masked_fill(~real_mask.to(token.device, torch.bool), 0.0).amax(dim=1)
 
 
@@ -43,3 +46,45 @@ def tpr_at_fpr(positive, negative, fpr: float = 0.01) -> float:
     allowed = int(fpr * len(neg))
     threshold = neg[allowed] if allowed < len(neg) else neg.min() - 1
     return float((pos > threshold).double().mean())
+
+
+@torch.no_grad()
+def prompt_stats(model, encoder, prompts: Sequence[str], batch: int = 64, intensity: float = 1.0,
+                 threshold: float = 0.0) -> dict:
+    """Per prompt: prompt score, cosine of sanitized to original embedding, largest gate."""
+    scores, cosines, max_gates = [], [], []
+    for start in range(0, len(prompts), batch):
+        b = encoder.encode(list(prompts[start:start + batch]))
+        result = model.sanitize(b.embedding, b.pooled, intensity=intensity, threshold=threshold,
+                                attention_mask=b.attention_mask)
+        scores.append(prompt_scores(result.scores, b.real_mask))
+        cosines.append(embedding_cosine(result.embedding, b.embedding, b.attention_mask))
+        max_gates.append(result.gates.amax(dim=1))
+    return {"score": torch.cat(scores), "cosine": torch.cat(cosines), "max_gate": torch.cat(max_gates)}
+
+
+def touched_share(stats: dict) -> float:
+    return float((stats["max_gate"] > TOUCHED_GATE).float().mean())
+
+
+def summarize(unsafe: dict, benign: dict) -> dict:
+    """Detection (AUROC, TPR at 1% FPR) and preservation (cosine, touched share) figures."""
+    return {
+        "unsafe_prompts": len(unsafe["score"]), "benign_prompts": len(benign["score"]),
+        "auroc": round(auroc(unsafe["score"], benign["score"]), 4),
+        "tpr_at_1pct_fpr": round(tpr_at_fpr(unsafe["score"], benign["score"], 0.01), 4),
+        "benign_cosine_mean": round(float(benign["cosine"].mean()), 5),
+        "benign_cosine_p01": round(float(benign["cosine"].quantile(0.01)), 5),
+        "benign_gated_share": round(touched_share(benign), 4),
+        "unsafe_cosine_mean": round(float(unsafe["cosine"].mean()), 5),
+        "unsafe_gated_share": round(touched_share(unsafe), 4),
+    }
+
+
+def evaluate(model, encoder, unsafe: Sequence[str], benign: Sequence[str], batch: int = 64,
+             threshold: float = 0.0) -> dict:
+    """summarize() of an unsafe and a benign prompt list; {} when either is empty."""
+    if not unsafe or not benign:
+        return {}
+    return summarize(prompt_stats(model, encoder, unsafe, batch, threshold=threshold),
+                     prompt_stats(model, encoder, benign, batch, threshold=threshold))

@@ -1,4 +1,4 @@
-"""The Embedding Sanitizer network (see shared/docs/method.md).
+"""The Embedding Sanitizer network (see docs/method.md).
 
 A small Transformer reads the text encoder's output E (B, T, D), gives every
 token a score per concept, and adds a gated correction:
@@ -16,6 +16,12 @@ from typing import Iterable, Optional
 
 import torch
 from torch import nn
+
+
+# Tokens scoring below this are never changed. The score is trained as a probability, so 0.5
+# keeps a benign prompt bit-identical unless the sanitizer is more sure than not; 0 lets every
+# token's gate follow its score, however small.
+DEFAULT_THRESHOLD = 0.5
 
 
 class SanitizerShapeError(ValueError):
@@ -64,6 +70,13 @@ class SanitizeResult:
     scores: torch.Tensor               # (B, T, C) float32
     gates: torch.Tensor                # (B, T) float32
     concepts: tuple[str, ...] = field(default=())
+
+
+def token_scores(scores: torch.Tensor, concept_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """s_t: a token's score, the largest over the enabled concepts. (B, T, C) -> (B, T)."""
+    if concept_mask is not None:
+        scores = scores.masked_fill(~concept_mask.to(scores.device), 0.0)
+    return scores.amax(dim=-1)
 
 
 class EmbeddingSanitizer(nn.Module):
@@ -155,7 +168,8 @@ class EmbeddingSanitizer(nn.Module):
 
     @staticmethod
     def gates_from_scores(scores, concept_mask, intensity, threshold, attention_mask=None):
-        token_score = scores.masked_fill(~concept_mask.to(scores.device), 0.0).amax(dim=-1)
+        """g_t = clamp(intensity * s_t, 0, 1), 0 where s_t < threshold or the position is padding."""
+        token_score = token_scores(scores, concept_mask)
         gates = (intensity * token_score).clamp(0.0, 1.0)
         if threshold > 0:
             gates = gates.masked_fill(token_score < threshold, 0.0)

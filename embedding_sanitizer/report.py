@@ -6,7 +6,7 @@ from typing import Sequence
 
 import torch
 
-from .model import SanitizeResult
+from .model import DEFAULT_THRESHOLD, SanitizeResult
 
 ERASED_GATE = 0.5     # a token whose gate reaches this is shown as erased
 
@@ -58,7 +58,7 @@ def colour_tokens(rows: list[dict], colour: bool) -> str:
 
 
 def score_prompts(model, encoder, prompts: Sequence[str], *, intensity: float = 1.0,
-                  threshold: float = 0.0, concepts=None, batch: int = 32) -> list[dict]:
+                  threshold: float = DEFAULT_THRESHOLD, concepts=None, batch: int = 32) -> list[dict]:
     """Encode, sanitize and report prompts: one dict per prompt (the CLI's --json lines)."""
     from .metrics import embedding_cosine
 

@@ -1,10 +1,12 @@
-"""Train a sanitizer for one text encoder (method.md, "Training").
+"""Train a sanitizer for one text encoder (docs/method.md, "Training").
 
-Top to bottom: synthesize prompt pairs from the lexicon, encode them once
-with the frozen encoder (the cache), then train only the sanitizer with
+Top to bottom: build the corpus (corpus.py), encode it once with the frozen encoder (the
+cache), then train only the sanitizer with
 
     L = erase(San(E(unsafe)), E(anchor)) + l_p * preserve(San(E(benign)), E(benign))
-      + l_s * bce(scores, token labels) [+ l_q * the same on the pooled vector]
+      + l_s * bce(token scores, token labels)
+      + l_w * bce(prompt scores, prompt labels)          # weak, prompt-level labels
+      [+ l_q * the erase and preserve terms on the pooled vector]
 
 and measure it on held-out terms it never saw.
 """
@@ -21,29 +23,34 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from .corpus import UNKNOWN, Corpus, Example, build_corpus, heldout_sets
 from .encoders import EncodedBatch, TextEncoder, pick_device
-from .lexicon import Concept, Example, benign_prompts, make_pairs
-from .metrics import auroc, embedding_cosine, prompt_scores, tpr_at_fpr
-from .model import EmbeddingSanitizer, SanitizerConfig
+from .lexicon import Concept
+from .metrics import evaluate
+from .model import DEFAULT_THRESHOLD, EmbeddingSanitizer, SanitizerConfig
 
 UNLABELLED = -1.0
+# Above this held-out benign touched share, the summary tells the user what to add.
+BENIGN_TOUCHED_WARNING = 0.02
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 1500
-    batch_size: int = 64
+    steps: int = 1600
+    batch_size: int = 48
     lr: float = 1e-3
     weight_decay: float = 0.01
-    width: int = 256
+    width: int = 192
     layers: int = 2
     heads: int = 4
-    pairs_per_concept: int = 2500
-    benign: int = 6000
+    pairs_per_concept: int = 1500
+    benign: int = 8000
+    weak_prompts: int = 100_000        # at most this many prompt-level labelled real prompts (0 = none)
     heldout_pairs_per_concept: int = 300
-    heldout_benign: int = 600
+    heldout_benign: int = 1000
     preserve_weight: float = 1.0
     score_weight: float = 1.0
+    weak_weight: float = 2.0
     pooled_weight: float = 1.0
     encode_batch: int = 64
     seed: int = 0
@@ -59,12 +66,17 @@ class Cache:
     real: torch.Tensor               # (N, T) bool
     token_ids: torch.Tensor          # (N, T) long
 
+    def select(self, keep: torch.Tensor) -> "Cache":
+        return Cache(*(None if t is None else t[keep] for t in vars(self).values()))
+
 
 def encode_all(encoder: TextEncoder, prompts: Sequence[str], batch: int, label: str,
                progress: Optional[Callable] = None) -> Cache:
+    # Prompts of similar length share a batch, so little time goes into padding.
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     parts: list[EncodedBatch] = []
     for start in tqdm(range(0, len(prompts), batch), desc=f"encoding {label}", leave=False):
-        parts.append(encoder.encode(prompts[start:start + batch]))
+        parts.append(encoder.encode([prompts[i] for i in order[start:start + batch]]))
         if progress:
             progress(0, 0, {})
     length = max(p.embedding.shape[1] for p in parts)
@@ -73,12 +85,14 @@ def encode_all(encoder: TextEncoder, prompts: Sequence[str], batch: int, label: 
         return F.pad(t, (0, 0, 0, length - t.shape[1]), value=value) if t.dim() == 3 else \
             F.pad(t, (0, length - t.shape[1]), value=value)
 
+    restore = torch.empty(len(order), dtype=torch.long)
+    restore[torch.tensor(order)] = torch.arange(len(order))
     return Cache(
-        embedding=torch.cat([pad(p.embedding, 0.0).half() for p in parts]),
-        pooled=torch.cat([p.pooled.half() for p in parts]) if parts[0].pooled is not None else None,
-        attention=torch.cat([pad(p.attention_mask, False) for p in parts]),
-        real=torch.cat([pad(p.real_mask, False) for p in parts]),
-        token_ids=torch.cat([pad(p.token_ids, 0) for p in parts]),
+        embedding=torch.cat([pad(p.embedding, 0.0).half() for p in parts])[restore],
+        pooled=torch.cat([p.pooled.half() for p in parts])[restore] if parts[0].pooled is not None else None,
+        attention=torch.cat([pad(p.attention_mask, False) for p in parts])[restore],
+        real=torch.cat([pad(p.real_mask, False) for p in parts])[restore],
+        token_ids=torch.cat([pad(p.token_ids, 0) for p in parts])[restore],
     )
 
 
@@ -114,15 +128,49 @@ def feature_scale(cache: Cache) -> torch.Tensor:
 
 
 def masked_mse(prediction, target, mask, scale):
+    """Sum of per-token squared errors (scaled per feature) over the mask, and the mask's count."""
     error = ((prediction - target) / scale).pow(2).mean(dim=-1)
-    return (error * mask).sum() / mask.sum().clamp_min(1)
+    return (error * mask).sum(), mask.sum()
 
 
 def apply(model: EmbeddingSanitizer, embedding, attention):
     """The sanitizer at intensity 1, differentiable: output, per-concept scores, gates, pooled delta."""
     scores, delta, pooled_delta = model(embedding, attention)
-    gates = scores.amax(dim=-1).clamp(0, 1) * attention
+    gates = model.gates_from_scores(scores, torch.ones(scores.shape[-1], dtype=torch.bool), 1.0, 0.0, attention)
     return embedding + gates.unsqueeze(-1) * delta, scores, gates, pooled_delta
+
+
+def weak_loss(scores, real, labels):
+    """Summed BCE of each concept's prompt score (max over real tokens) against prompt-level
+    labels, and how many labels were known."""
+    per_concept = scores.masked_fill(~real.unsqueeze(-1), 0.0).amax(dim=1)       # (B, C)
+    known = labels != UNKNOWN
+    loss = F.binary_cross_entropy(per_concept[known].clamp(1e-6, 1 - 1e-6), labels[known], reduction="sum")
+    return loss, known.sum()
+
+
+class Batches:
+    """Random training batches from a cache. A batch is cut into groups of similar length, each
+    padded only to its own longest prompt: real prompts range from 3 to 128 tokens, and one long
+    prompt would otherwise make the whole batch that long."""
+
+    def __init__(self, device, seed: int, groups: int = 4):
+        self.device = device
+        self.groups = groups
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def draw(self, size: int, cache: Cache, labels: torch.Tensor, *aligned: Cache):
+        """Sub-batches (idx, embedding, attention, real, labels, *aligned embeddings); labels per
+        token (N, T, C) are cut like the embedding, labels per prompt (N, C) are not."""
+        idx = torch.randint(len(cache.embedding), (size,), generator=self.generator)
+        lengths = cache.attention[idx].sum(dim=1)
+        idx = idx[lengths.argsort()]
+        for part in idx.chunk(self.groups):
+            length = int(cache.attention[part].sum(dim=1).max())
+            cut = lambda t: t[part][:, :length].to(self.device)  # noqa: E731
+            picked = cut(labels) if labels.dim() == 3 else labels[part].to(self.device)
+            yield (part, cut(cache.embedding).float(), cut(cache.attention), cut(cache.real), picked,
+                   *(cut(c.embedding).float() for c in aligned))
 
 
 def train_sanitizer(encoder: TextEncoder, concepts: Sequence[Concept], config: TrainConfig = TrainConfig(),
@@ -134,27 +182,25 @@ def train_sanitizer(encoder: TextEncoder, concepts: Sequence[Concept], config: T
     names = [c.name for c in concepts]
     count = lambda text: len(encoder.token_ids(text))  # noqa: E731
 
-    # 1. Synthesize the prompts.
-    train_pairs = [ex for i, c in enumerate(concepts)
-                   for ex in make_pairs(c, config.pairs_per_concept, config.seed + i, count)]
-    benign = list(dict.fromkeys(benign_prompts(config.benign, config.seed, concepts)
-                                + [ex.anchor for ex in train_pairs[::4]]))
-    heldout_unsafe, heldout_benign = heldout_sets(encoder, concepts, config)
+    # 1. The corpus.
+    corpus: Corpus = build_corpus(concepts, count, config.pairs_per_concept, config.benign, config.seed,
+                                  config.weak_prompts)
 
-    # 2. Encode them once.
+    # 2. Encode it once.
     enc = lambda prompts, label: encode_all(encoder, prompts, config.encode_batch, label, progress)  # noqa
-    unsafe = enc([e.unsafe for e in train_pairs], "unsafe prompts")
-    anchor = enc([e.anchor for e in train_pairs], "anchor prompts")
-    benign_cache = enc(benign, "benign prompts")
-    keep = aligned(train_pairs, unsafe, anchor, encoder.leading_specials)
+    unsafe = enc([e.unsafe for e in corpus.pairs], "unsafe prompts")
+    anchor = enc([e.anchor for e in corpus.pairs], "anchor prompts")
+    benign = enc(corpus.benign, "benign prompts")
+    weak = enc(corpus.weak, "real prompts") if corpus.weak else None
+    keep = aligned(corpus.pairs, unsafe, anchor, encoder.leading_specials)
     if keep.sum() < 16:
         raise ValueError(f"only {int(keep.sum())} usable unsafe/anchor pairs: add anchors whose token "
                          f"counts match the terms' (e.g. one-, two- and three-word anchors)")
-    train_pairs = [ex for ex, k in zip(train_pairs, keep.tolist()) if k]
-    unsafe, anchor = (Cache(*(None if t is None else t[keep] for t in vars(c).values()))
-                      for c in (unsafe, anchor))
-    unsafe_labels = term_labels(train_pairs, names, unsafe, encoder.leading_specials)
-    benign_target = benign_labels(benign_cache, len(names))
+    pairs = [ex for ex, k in zip(corpus.pairs, keep.tolist()) if k]
+    unsafe, anchor = unsafe.select(keep), anchor.select(keep)
+    unsafe_labels = term_labels(pairs, names, unsafe, encoder.leading_specials)
+    benign_target = benign_labels(benign, len(names))
+    weak_target = torch.tensor(corpus.weak_labels) if weak is not None else None
 
     # 3. Train the sanitizer alone.
     model = EmbeddingSanitizer(SanitizerConfig(
@@ -162,43 +208,81 @@ def train_sanitizer(encoder: TextEncoder, concepts: Sequence[Concept], config: T
         chunk_length=encoder.chunk_length, max_tokens=encoder.max_tokens, width=config.width,
         layers=config.layers, heads=config.heads, encoder_family=encoder.family,
         encoder_name=encoder.name)).to(device)
-    scale = feature_scale(benign_cache).to(device)
-    pooled_scale = (benign_cache.pooled.float().std(dim=0).clamp_min(1e-3).to(device)
-                    if encoder.pooled_dim else None)
+    losses = fit(model, config, device, unsafe, anchor, unsafe_labels, benign, benign_target, weak, weak_target,
+                 encoder.family, progress)
+
+    # 4. Measure on held-out terms and prompts.
+    heldout_unsafe, heldout_benign = heldout_sets(count, concepts, config.heldout_pairs_per_concept,
+                                                  config.heldout_benign, config.seed, set(corpus.benign))
+    heldout = evaluate(model, encoder, heldout_unsafe, heldout_benign, config.encode_batch, DEFAULT_THRESHOLD)
+    summary = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "encoder": encoder.name,
+        "concepts": {c.name: {"train_terms": len(c.train_terms), "heldout_terms": len(c.heldout_terms),
+                              "anchors": len(c.anchors), "safe_contexts": len(c.safe_contexts)}
+                     for c in concepts},
+        "data": {"unsafe_pairs": len(pairs), "benign": len(corpus.benign), "weak": len(corpus.weak),
+                 "encoded_prompts": 2 * len(corpus.pairs) + len(corpus.benign) + len(corpus.weak),
+                 "heldout_unsafe": len(heldout_unsafe), "heldout_benign": len(heldout_benign)},
+        "config": {k: v for k, v in asdict(config).items() if k != "device"},
+        "steps": config.steps,
+        "final_losses": {k: round(v, 5) for k, v in losses.items()},
+        "heldout": {**heldout, "threshold": DEFAULT_THRESHOLD} if heldout else heldout,
+        "warnings": precision_warnings(heldout, concepts),
+        "train_seconds": round(time.time() - started, 1),
+        "device": str(device),
+    }
+    return model.cpu(), summary
+
+
+def fit(model, config: TrainConfig, device, unsafe: Cache, anchor: Cache, unsafe_labels, benign: Cache,
+        benign_target, weak: Optional[Cache], weak_target, family: str, progress) -> dict:
+    """The training loop: per step a batch of pairs, twice as many benign prompts and half as many
+    weak prompts; each loss is a mean over its tokens (or prompts) in the whole batch."""
+    scale = feature_scale(benign).to(device)
+    pooled_scale = (benign.pooled.float().std(dim=0).clamp_min(1e-3).to(device)
+                    if benign.pooled is not None else None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     warmup = max(1, min(100, config.steps // 10))
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / config.steps)))
-    sampler = torch.Generator().manual_seed(config.seed)
-
-    def batch(cache: Cache, labels, size):
-        idx = torch.randint(len(cache.embedding), (size,), generator=sampler)
-        move = lambda t: t[idx].to(device)  # noqa: E731
-        return idx, move(cache.embedding).float(), move(cache.attention).float(), move(labels)
-
+    batches = Batches(device, config.seed)
+    size = config.batch_size
     losses = {}
-    bar = tqdm(range(config.steps), desc=f"training {encoder.family} sanitizer")
+    bar = tqdm(range(config.steps), desc=f"training {family} sanitizer")
     model.train()
     for step in bar:
-        idx, e_unsafe, m_unsafe, y_unsafe = batch(unsafe, unsafe_labels, config.batch_size)
-        e_anchor = anchor.embedding[idx].to(device).float()
-        _, e_benign, m_benign, y_benign = batch(benign_cache, benign_target, config.batch_size)
-        out_u, s_u, g_u, pd_u = apply(model, e_unsafe, m_unsafe.bool())
-        out_b, s_b, g_b, pd_b = apply(model, e_benign, m_benign.bool())
-        erase = masked_mse(out_u, e_anchor, m_unsafe, scale)
-        preserve = masked_mse(out_b, e_benign, m_benign, scale)
-        scores = torch.cat([s_u[y_unsafe != UNLABELLED], s_b[y_benign != UNLABELLED]])
-        labels = torch.cat([y_unsafe[y_unsafe != UNLABELLED], y_benign[y_benign != UNLABELLED]])
-        score = F.binary_cross_entropy(scores, labels)
-        loss = erase + config.preserve_weight * preserve + config.score_weight * score
-        losses = {"erase": erase.item(), "preserve": preserve.item(), "score": score.item()}
-        if encoder.pooled_dim:
-            p_u = unsafe.pooled[idx].to(device).float()
-            p_a = anchor.pooled[idx].to(device).float()
-            pooled_erase = ((p_u + g_u.amax(1, keepdim=True) * pd_u - p_a) / pooled_scale).pow(2).mean()
-            pooled_keep = ((g_b.amax(1, keepdim=True) * pd_b) / pooled_scale).pow(2).mean()
-            loss = loss + config.pooled_weight * (pooled_erase + config.preserve_weight * pooled_keep)
-            losses["pooled"] = (pooled_erase + pooled_keep).item()
+        sums = {k: torch.zeros((), device=device) for k in ("erase", "preserve", "score", "weak", "pooled")}
+        counts = {k: torch.zeros((), device=device) for k in sums}
+
+        def add(key, total, count):
+            sums[key] = sums[key] + total
+            counts[key] = counts[key] + count
+
+        for idx, e_u, m_u, _, y_u, e_a in batches.draw(size, unsafe, unsafe_labels, anchor):
+            out, s, g, pd = apply(model, e_u, m_u)
+            add("erase", *masked_mse(out, e_a, m_u.float(), scale))
+            known = y_u != UNLABELLED
+            add("score", F.binary_cross_entropy(s[known], y_u[known], reduction="sum"), known.sum())
+            if pooled_scale is not None:
+                p_u, p_a = unsafe.pooled[idx].to(device).float(), anchor.pooled[idx].to(device).float()
+                add("pooled", ((p_u + g.amax(1, keepdim=True) * pd - p_a) / pooled_scale).pow(2).mean(-1).sum(),
+                    len(idx))
+        for idx, e_b, m_b, _, y_b in batches.draw(2 * size, benign, benign_target):
+            out, s, g, pd = apply(model, e_b, m_b)
+            add("preserve", *masked_mse(out, e_b, m_b.float(), scale))
+            known = y_b != UNLABELLED
+            add("score", F.binary_cross_entropy(s[known], y_b[known], reduction="sum"), known.sum())
+            if pooled_scale is not None:
+                add("pooled", config.preserve_weight * ((g.amax(1, keepdim=True) * pd) / pooled_scale)
+                    .pow(2).mean(-1).sum(), len(idx))
+        if weak is not None:
+            for _, e_w, m_w, r_w, y_w in batches.draw(size // 2, weak, weak_target):
+                add("weak", *weak_loss(model(e_w, m_w)[0], r_w, y_w))
+        mean = {k: sums[k] / counts[k].clamp_min(1) for k in sums}
+        loss = (mean["erase"] + config.preserve_weight * mean["preserve"] + config.score_weight * mean["score"]
+                + config.weak_weight * mean["weak"] + config.pooled_weight * mean["pooled"])
+        losses = {k: v.item() for k, v in mean.items() if counts[k] > 0}
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -209,70 +293,15 @@ def train_sanitizer(encoder: TextEncoder, concepts: Sequence[Concept], config: T
         if progress:
             progress(step + 1, config.steps, losses)
     model.eval()
-
-    # 4. Measure on held-out terms and prompts.
-    heldout = evaluate(model, encoder, heldout_unsafe, heldout_benign, config.encode_batch)
-    summary = {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "encoder": encoder.name,
-        "concepts": {c.name: {"train_terms": len(c.train_terms), "heldout_terms": len(c.heldout_terms),
-                              "anchors": len(c.anchors)} for c in concepts},
-        "data": {"unsafe_pairs": len(train_pairs), "benign": len(benign),
-                 "heldout_unsafe": len(heldout_unsafe), "heldout_benign": len(heldout_benign)},
-        "config": {k: v for k, v in asdict(config).items() if k != "device"},
-        "steps": config.steps,
-        "final_losses": {k: round(v, 5) for k, v in losses.items()},
-        "heldout": heldout,
-        "train_seconds": round(time.time() - started, 1),
-        "device": str(device),
-    }
-    return model.cpu(), summary
+    return losses
 
 
-def heldout_sets(encoder: TextEncoder, concepts: Sequence[Concept], config: TrainConfig):
-    """Unsafe prompts built from held-out terms only, and benign prompts not in the training set."""
-    count = lambda text: len(encoder.token_ids(text))  # noqa: E731
-    unsafe = [ex.unsafe for i, c in enumerate(concepts)
-              for ex in make_pairs(c, config.heldout_pairs_per_concept, config.seed + 100 + i, count,
-                                   heldout=True)]
-    seen = set(benign_prompts(config.benign, config.seed, concepts))
-    benign = [p for p in dict.fromkeys(benign_prompts(config.heldout_benign * 3, config.seed + 7))
-              if p not in seen][: config.heldout_benign]
-    return unsafe, benign
-
-
-@torch.no_grad()
-def prompt_stats(model: EmbeddingSanitizer, encoder: TextEncoder, prompts: Sequence[str], batch: int = 64,
-                 intensity: float = 1.0, threshold: float = 0.0) -> dict:
-    """Per prompt: prompt score, cosine of sanitized to original embedding, largest gate."""
-    scores, cosines, max_gates = [], [], []
-    for start in range(0, len(prompts), batch):
-        b = encoder.encode(list(prompts[start:start + batch]))
-        result = model.sanitize(b.embedding, b.pooled, intensity=intensity, threshold=threshold,
-                                attention_mask=b.attention_mask)
-        scores.append(prompt_scores(result.scores, b.real_mask))
-        cosines.append(embedding_cosine(result.embedding, b.embedding, b.attention_mask))
-        max_gates.append(result.gates.amax(dim=1))
-    return {"score": torch.cat(scores), "cosine": torch.cat(cosines), "max_gate": torch.cat(max_gates)}
-
-
-def summarize(unsafe: dict, benign: dict) -> dict:
-    """Detection (AUROC, TPR at 1% FPR) and preservation (cosine, gated share) figures."""
-    return {
-        "unsafe_prompts": len(unsafe["score"]), "benign_prompts": len(benign["score"]),
-        "auroc": round(auroc(unsafe["score"], benign["score"]), 4),
-        "tpr_at_1pct_fpr": round(tpr_at_fpr(unsafe["score"], benign["score"], 0.01), 4),
-        "benign_cosine_mean": round(float(benign["cosine"].mean()), 5),
-        "benign_cosine_p01": round(float(benign["cosine"].quantile(0.01)), 5),
-        "benign_gated_share": round(float((benign["max_gate"] > 0.01).float().mean()), 4),
-        "unsafe_cosine_mean": round(float(unsafe["cosine"].mean()), 5),
-        "unsafe_gated_share": round(float((unsafe["max_gate"] > 0.01).float().mean()), 4),
-    }
-
-
-def evaluate(model: EmbeddingSanitizer, encoder: TextEncoder, unsafe: Sequence[str], benign: Sequence[str],
-             batch: int = 64, threshold: float = 0.0) -> dict:
-    if not unsafe or not benign:
-        return {}
-    return summarize(prompt_stats(model, encoder, unsafe, batch, threshold=threshold),
-                     prompt_stats(model, encoder, benign, batch, threshold=threshold))
+def precision_warnings(heldout: dict, concepts: Sequence[Concept]) -> list[str]:
+    """Plain advice when the sanitizer changes too many held-out benign prompts."""
+    share = heldout.get("benign_gated_share")
+    if share is None or share <= BENIGN_TOUCHED_WARNING:
+        return []
+    return [f"{100 * share:.1f}% of held-out benign prompts were changed (target at most "
+            f"{100 * BENIGN_TOUCHED_WARNING:.0f}%). Add harmless phrases that share words with your terms "
+            f"to 'safe_contexts' (for 'clown': 'a clownfish in a coral reef', 'the class clown'), check that "
+            f"no term is an everyday word, or train longer."]

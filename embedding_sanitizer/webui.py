@@ -23,6 +23,8 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import torch
 
+from .model import DEFAULT_THRESHOLD
+
 SECTION = ("embedding_sanitizer", "Embedding Sanitizer")
 INFOTEXT_KEY = "Embedding Sanitizer"
 SCRIPT_TITLE = "Embedding Sanitizer"
@@ -39,7 +41,7 @@ OPT_ENFORCE_INTENSITY = "embedding_sanitizer_enforce_min_intensity"
 OPT_DEBUG_LOG = "embedding_sanitizer_debug_log"
 
 DEFAULTS = {
-    OPT_ENABLED: False, OPT_INTENSITY: 1.0, OPT_THRESHOLD: 0.0, OPT_CONCEPTS: "",
+    OPT_ENABLED: False, OPT_INTENSITY: 1.0, OPT_THRESHOLD: DEFAULT_THRESHOLD, OPT_CONCEPTS: "",
     OPT_WEIGHTS: "", OPT_ENFORCE: False, OPT_ENFORCE_INTENSITY: 1.0, OPT_DEBUG_LOG: "",
 }
 # Infotext names of the options that pasting parameters restores (as override settings).

@@ -7,6 +7,7 @@ import os
 import folder_paths
 
 from embedding_sanitizer import WeightFileError, load_sanitizer
+from embedding_sanitizer.model import DEFAULT_THRESHOLD
 
 from .common import CATEGORY, FOLDER, register_folder, sanitize_conditioning, token_labels
 
@@ -15,9 +16,10 @@ register_folder()
 INTENSITY = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 4.0, "step": 0.05, "display": "slider",
                        "tooltip": "How strongly flagged tokens are rewritten: 0 = off (output equals input), "
                                   "1 = as trained, above 1 = stronger."})
-THRESHOLD = ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
+THRESHOLD = ("FLOAT", {"default": DEFAULT_THRESHOLD, "min": 0.0, "max": 1.0, "step": 0.01,
                        "tooltip": "Tokens whose harmfulness score is below this are left untouched "
-                                  "(0 = every token is gated by its score)."})
+                                  f"(default {DEFAULT_THRESHOLD:g}: only tokens the sanitizer is more sure of "
+                                  "than not; 0 = every token is gated by its score)."})
 
 
 def _full_path(name: str) -> str:

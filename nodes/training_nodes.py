@@ -151,7 +151,7 @@ class TrainEmbeddingSanitizer:
         target = os.path.join(folder_paths.get_folder_paths(FOLDER)[0], name)
         if os.path.exists(target) and not overwrite:
             raise ValueError(f"Train Embedding Sanitizer: {target} exists; pick another filename or set overwrite")
-        benign = int(pairs_per_concept * 2.4)
+        benign = TrainConfig.benign * int(pairs_per_concept) // TrainConfig.pairs_per_concept
         config = TrainConfig(steps=int(steps), seed=int(seed), pairs_per_concept=int(pairs_per_concept),
                              benign=benign, heldout_pairs_per_concept=max(16, pairs_per_concept // 8),
                              heldout_benign=max(32, benign // 10))
@@ -170,7 +170,8 @@ class TrainEmbeddingSanitizer:
         heldout = summary.get("heldout", {})
         text = (f"saved {target}\nencoder {encoder.name} ({encoder.family}), concepts "
                 f"{[c.name for c in concepts]}, steps {steps}, seed {seed}\n"
-                + ", ".join(f"{k} {v}" for k, v in heldout.items()))
+                + ", ".join(f"{k} {v}" for k, v in heldout.items())
+                + "".join(f"\nwarning: {w}" for w in summary["warnings"]))
         return {"ui": {"text": [text]}, "result": (model, text)}
 
     @staticmethod

@@ -5,11 +5,12 @@ import pytest
 import torch
 
 from embedding_sanitizer.encoders import clip_tokenizer
-from embedding_sanitizer.lexicon import (NUDITY, VIOLENCE, Concept, builtin_concepts, load_concepts_file, make_pairs,
-                               misspell)
+from embedding_sanitizer.corpus import make_pairs, misspell
+from embedding_sanitizer.lexicon import Concept, builtin_concepts, load_concepts_file
 from embedding_sanitizer.train import TrainConfig, train_sanitizer
 
-TINY = dict(steps=120, batch_size=32, pairs_per_concept=80, benign=160, heldout_pairs_per_concept=30,
+NUDITY, VIOLENCE = builtin_concepts()["nudity"], builtin_concepts()["violence"]
+TINY = dict(steps=120, batch_size=32, pairs_per_concept=80, benign=160, weak_prompts=0, heldout_pairs_per_concept=30,
             heldout_benign=40, width=64, layers=1)
 
 
@@ -88,8 +89,11 @@ def test_sdxl_training_learns_the_pooled_head():
     from embedding_sanitizer.encoders import random_clip_encoder
 
     encoder = random_clip_encoder("sdxl-clip-lg", layers=1, seed=0, device="cpu")
-    small = dict(TINY, steps=30, pairs_per_concept=40, benign=60, heldout_pairs_per_concept=10, heldout_benign=10)
+    # The whole corpus path on a CLIP family: pairs, benign and weak (real, prompt-level) prompts.
+    small = dict(TINY, steps=30, pairs_per_concept=40, benign=60, weak_prompts=40, heldout_pairs_per_concept=10,
+                 heldout_benign=10)
     model, summary = train_sanitizer(encoder, [NUDITY], TrainConfig(device="cpu", **small))
     assert model.config.encoder_family == "sdxl-clip-lg" and model.config.chunk_length == 77
-    assert model.config.pooled_dim == 1280 and "pooled" in summary["final_losses"]
+    assert model.config.pooled_dim == 1280 and {"pooled", "weak"} <= set(summary["final_losses"])
+    assert summary["data"]["weak"] == 40
     assert model.pooled_head.weight.abs().sum() > 0          # moved away from its zero start

@@ -1,4 +1,4 @@
-"""Writes sanitizer/benign_words.txt: everyday words for benign training prompts.
+"""Writes embedding_sanitizer/data/benign_words.txt: everyday words for benign training prompts.
 
 Real prompts use thousands of words the lexicon's templates never show; a
 sanitizer that has only seen those templates flags unfamiliar words. The list
@@ -16,8 +16,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sanitizer.encoders import _package_dir  # noqa: E402
-from sanitizer.lexicon import BUILTIN  # noqa: E402
+from embedding_sanitizer.encoders import _package_dir  # noqa: E402
+from embedding_sanitizer.lexicon import builtin_concepts  # noqa: E402
 
 COUNT = 20000
 UNSAFE_ROOTS = (
@@ -37,7 +37,7 @@ UNSAFE_ROOTS = (
 
 def words_of_terms() -> set[str]:
     found = set()
-    for concept in BUILTIN.values():
+    for concept in builtin_concepts().values():
         for phrase in concept.train_terms + concept.heldout_terms:
             found.update(re.findall(r"[a-z]+", phrase.lower()))
     return found
@@ -57,7 +57,7 @@ def main():
                 and not any(root in word for root in UNSAFE_ROOTS)):
             words.append(word)
     words = list(dict.fromkeys(words))[:COUNT]
-    out = ROOT / "sanitizer" / "benign_words.txt"
+    out = ROOT / "embedding_sanitizer" / "data" / "benign_words.txt"
     out.write_text("\n".join(words) + "\n")
     print(f"wrote {len(words)} words to {out}")
 

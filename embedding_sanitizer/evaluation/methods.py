@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..metrics import prompt_scores
+from ..metrics import TOUCHED_GATE, prompt_scores
 
 # ---------------------------------------------------------------- encodings
 
@@ -359,12 +359,16 @@ class SanitizerMethod(Method):
     knob = "intensity"
     has_score = True
 
-    def __init__(self, model, intensity: float = 1.0, threshold: float = 0.0, batch_size: int = 64):
+    def __init__(self, model, intensity: float = 1.0, threshold: float = 0.0, batch_size: int = 64,
+                 score_concepts=None):
         self.model = model
         self.intensity = intensity
         self.threshold = threshold
         self.batch_size = batch_size
         self.sanitize_seconds = 0.0
+        # The prompt score reads these concepts only (a nudity benchmark asks about nudity);
+        # sanitizing, and so the touched share, always uses every concept.
+        self.score_mask = None if score_concepts is None else model.concept_mask(score_concepts)
 
     def run(self, cache, texts, setting=None):
         import time
@@ -379,8 +383,8 @@ class SanitizerMethod(Method):
             res = self.model.sanitize(emb, pooled, intensity=intensity, threshold=self.threshold,
                                       attention_mask=att)
             self.sanitize_seconds += time.perf_counter() - t0
-            scores.append(prompt_scores(res.scores, real))
-            touched.append((res.gates.masked_fill(~att, 0.0) > 0.01).any(dim=1))
+            scores.append(prompt_scores(res.scores, real, self.score_mask))
+            touched.append((res.gates.masked_fill(~att, 0.0) > TOUCHED_GATE).any(dim=1))
             for b, it in enumerate(part):
                 n = it.embedding.shape[0]
                 outputs.append(Item(res.embedding[b, :n], None if res.pooled is None else res.pooled[b],

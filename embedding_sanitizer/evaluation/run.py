@@ -20,6 +20,7 @@ from typing import Optional
 
 import torch
 
+from ..corpus import is_training_part
 from . import prompts as P
 from .methods import (EncodingCache, KeywordFilter, NoDefence, SafreeProjection, SanitizerMethod,
                       Summary)
@@ -54,7 +55,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep", default=None, help="comma-separated intensities for the trade-off sweep")
     p.add_argument("--safree-alpha", type=float, default=0.01, help="SAFREE trigger margin alpha (paper default 0.01)")
     p.add_argument("--safree-sweep", default=None, help="comma-separated alphas for SAFREE's trade-off sweep")
-    p.add_argument("--probe-split", type=float, default=0.3, help="share of real prompts held out to train the probe")
     p.add_argument("--cost", choices=("none", "embedded", "full"), default=None,
                    help="cost measurement: embedded encoder only, or also full-size random CLIP-L and SDXL "
                         "(default: full; quick: embedded)")
@@ -164,7 +164,9 @@ def evaluate(args, log=print) -> dict:
         data_dir = None
     else:
         skipped = [] if data_dir is not None else ["real prompt sets skipped: --no-real"]
-    probe_split = lambda p: P.hash_split(p, args.probe_split)  # noqa: E731
+    # The probe trains on the training part of the real sets; every figure is measured on the
+    # validation part (shared/data/README.md).
+    probe_split = is_training_part
     groups, real_info = P.build_groups(concepts, n_synth, n_real, args.seed, data_dir, log=log,
                                        exclude=probe_split)
     skipped += real_info.get("skipped", [])
@@ -286,7 +288,7 @@ def evaluate(args, log=print) -> dict:
         "skipped": skipped,
         "oov_synonyms_kept": {k: len(v) for k, v in P.oov_synonyms(concepts).items()},
         "probe": {"sources": probe_sources, "train_accuracy": probe.train_accuracy,
-                  "features": "mean-pooled original encoder output", "split_fraction": args.probe_split},
+                  "features": "mean-pooled original encoder output", "split": "training part of shared/data (README there)"},
         "methods": {
             "no defence": "the encoder output as it is",
             "keyword filter": f"deletes the lexicon's {len(keyword.terms)} train terms from the prompt "

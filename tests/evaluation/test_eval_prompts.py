@@ -89,9 +89,3 @@ def test_real_sets_and_custom_csv(tmp_path):
     (d / "bad.csv").write_text("text\nx\n")
     with pytest.raises(ValueError, match="prompt"):
         P.read_csv_prompts(d / "bad.csv")
-
-
-def test_hash_split_is_deterministic():
-    a = [P.hash_split(f"p{i}", 0.3) for i in range(1000)]
-    assert a == [P.hash_split(f"p{i}", 0.3) for i in range(1000)]
-    assert 0.25 < sum(a) / 1000 < 0.35
