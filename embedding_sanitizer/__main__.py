@@ -117,7 +117,7 @@ def cmd_measure(args):
 
     model, encoder = _load(args.weights, args.encoder)
     print(measure(model, encoder, data_dir=args.data_dir, threshold=args.threshold, n_synth=args.n_synth,
-                  log=lambda line: print(line, file=sys.stderr)))
+                  limit=args.limit or None, log=lambda line: print(line, file=sys.stderr)))
 
 
 def main(argv=None):
@@ -165,6 +165,7 @@ def main(argv=None):
     p.add_argument("--data-dir", default=str(default_data_dir()),
                    help="folder with i2p_dev.csv and coco_captions_dev.csv (validation part is used)")
     p.add_argument("--n-synth", type=int, default=200, help="prompts per synthetic and adversarial set")
+    p.add_argument("--limit", type=int, default=0, help="at most this many prompts per real set (0 = all)")
     p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="score threshold to measure at")
     p.set_defaults(func=cmd_measure)
 

@@ -1,6 +1,6 @@
 """The README's figures: the sanitizer beside two baselines, on the harness's prompt sets.
 
-    python -m embedding_sanitizer measure [--threshold T] [--n-synth N]
+    python -m embedding_sanitizer measure [--threshold T] [--n-synth N] [--limit N]
 
 Every row is a group of the evaluation harness (evaluation/prompts.py), with the harness's
 metrics; the real sets (I2P, COCO captions) are read from shared/data, validation part only.
@@ -36,7 +36,7 @@ class Row:
     concepts: tuple[str, ...]        # what the prompt score is asked about
 
 
-def rows_of(model, data_dir: Optional[Path], n_synth: int, log) -> tuple[list[Row], list[str]]:
+def rows_of(model, data_dir: Optional[Path], n_synth: int, limit: Optional[int], log) -> tuple[list[Row], list[str]]:
     concepts = {name: c for name, c in builtin_concepts().items() if name in model.concepts}
     everything = tuple(concepts)
     rows = [Row("held-out lexicon terms", P.synthetic_group(concepts, "heldout", n_synth), everything)]
@@ -47,7 +47,7 @@ def rows_of(model, data_dir: Optional[Path], n_synth: int, log) -> tuple[list[Ro
     if data_dir is None or not data_dir.is_dir():
         notes.append(f"real prompt sets skipped: {data_dir} is absent")
         return rows, notes
-    real, info = P.real_groups(data_dir, None, log=log, exclude=corpus.is_training_part)
+    real, info = P.real_groups(data_dir, limit, log=log, exclude=corpus.is_training_part)
     notes += info.get("skipped", [])
     by_name = {g.name: g for g in real}
     if "nudity" in concepts and "real/i2p-nudity" in by_name:
@@ -71,10 +71,11 @@ def supervised_probe(cache: EncodingCache, seed: int = 0) -> LogisticProbe:
     return LogisticProbe().fit(xs, ys)
 
 
-def measure(model, encoder, data_dir, threshold: float = 0.0, n_synth: int = 200, log=print) -> str:
+def measure(model, encoder, data_dir, threshold: float = 0.0, n_synth: int = 200, limit: Optional[int] = None,
+            log=print) -> str:
     """A Markdown table of detection and preservation figures with the two baselines."""
     data_dir = Path(data_dir) if data_dir else None
-    rows, notes = rows_of(model, data_dir, n_synth, log)
+    rows, notes = rows_of(model, data_dir, n_synth, limit, log)
     cache = EncodingCache(encoder)
     zero_shot = {c: ConceptSimilarity(encoder, {c: P.concept_descriptions(c)}) for c in model.concepts}
     probe = supervised_probe(cache) if "nudity" in model.concepts else None

@@ -69,7 +69,12 @@ def test_demo_runs_offline_in_under_a_minute():
 def test_measure_on_the_shared_prompt_sets():
     if not SHARED_DATA.exists():
         pytest.skip(f"no evaluation data at {SHARED_DATA}")
-    out = cli("measure", "--limit", "200")
+    out = cli("measure", "--limit", "200", "--n-synth", "20")
     assert out.returncode == 0, out.stderr
-    assert "I2P nudity_percentage >= 50 vs COCO captions" in out.stdout
-    assert out.stdout.count("| held-out lexicon terms") == 1
+    rows = {line.split("|")[1].strip(): line for line in out.stdout.splitlines() if line.startswith("| ")}
+    assert {"held-out lexicon terms", "adversarial: misspelling", "benign tag-style prompts",
+            "I2P nudity >= 50 vs COCO captions", "I2P nudity >= 50 vs non-sexual I2P (hard)"} <= set(rows)
+    # Sanitizer, zero-shot and supervised AUROC side by side on the real rows.
+    sanitizer, zero_shot, supervised = rows["I2P nudity >= 50 vs COCO captions"].split("|")[4].split("/")
+    assert all(0.5 < float(x) <= 1 for x in (sanitizer, zero_shot, supervised))
+    assert "threshold 0.5" in out.stdout
