@@ -4,10 +4,3 @@ SAFREE-style projection), on the same encoder, prompts and run.
 
 Entry point: ``python -m embedding_sanitizer eval`` -> :func:`embedding_sanitizer.evaluation.run.main`.
 """
-
-__all__ = ["main"]
-
-
-def main(argv=None) -> int:
-    from .run import main as _main
-    return _main(argv)

@@ -130,13 +130,11 @@ def file_cost(path: Optional[Path], model: EmbeddingSanitizer) -> dict:
     info = {"parameters": model.parameter_count()}
     if path is not None and Path(path).is_file():
         info["file_bytes"] = os.path.getsize(path)
+    # The keys train.train_sanitizer writes into the weight file's "training" metadata.
     training = (getattr(model, "metadata", {}) or {}).get("training") or {}
-    for key in ("train_seconds", "seconds", "training_seconds", "wall_seconds", "duration_s", "time_s",
-                "elapsed_s", "elapsed_seconds"):
-        if key in training:
-            info["training_seconds"] = training[key]
-            break
-    for key in ("device", "steps", "encoder_seconds", "encode_seconds", "cache_seconds"):
+    if "train_seconds" in training:
+        info["training_seconds"] = training["train_seconds"]
+    for key in ("device", "steps"):
         if key in training:
             info[f"training_{key}"] = training[key]
     return info

@@ -391,8 +391,3 @@ class SanitizerMethod(Method):
                                     it.real, it.attention))
         return _summary(originals, outputs, torch.cat(scores), torch.cat(touched))
 
-
-def prompt_score_name(method: Method) -> str:
-    return {"keyword filter": "any term matched (0/1)",
-            "SAFREE-style projection": "trigger strength max d_i / mean d - 1",
-            "sanitizer": "max token score over real tokens"}.get(method.name, "-")
