@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from embedding_sanitizer import default_weights_path, load_sanitizer  # noqa: E402
-from embedding_sanitizer.evaluation.cost import file_cost, measure, measure_full_size  # noqa: E402
+from embedding_sanitizer.evaluation.cost import file_cost, measure_cost, measure_full_size  # noqa: E402
 
 
 def row(label, r):
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
         print(f"sanitizer {path.name}: {w['parameters']:,} parameters, {w.get('file_bytes', 0) / 1e6:.2f} MB, "
               f"training {w.get('training_seconds', '?')} s ({w.get('training_device', '?')})")
         if model.config.encoder_family == "minilm":
-            out["embedded"] = measure(load_encoder("minilm"), model, repeats=args.repeats, threads=threads)
+            out["embedded"] = measure_cost(load_encoder("minilm"), model, repeats=args.repeats, threads=threads)
             print(row("embedded " + out["embedded"]["encoder"], out["embedded"]))
     else:
         print(f"no weight file at {path}: embedded encoder skipped, full-size sanitizers use default sizes")

@@ -24,7 +24,7 @@ import torch
 from . import corpus
 from .evaluation import prompts as P
 from .evaluation.methods import EncodingCache, SanitizerMethod, item_pool
-from .evaluation.metrics import ConceptSimilarity, LogisticProbe
+from .evaluation.scoring import ConceptSimilarity, LogisticProbe
 from .lexicon import builtin_concepts
 from .metrics import auroc, tpr_at_fpr
 

@@ -35,7 +35,7 @@ def _timed(fn, repeats: int) -> float:
     return min(times)
 
 
-def measure(encoder, model: EmbeddingSanitizer, prompts: Sequence[str] = COST_PROMPTS,
+def measure_cost(encoder, model: EmbeddingSanitizer, prompts: Sequence[str] = COST_PROMPTS,
             repeats: int = 5, batch: int = 16, threads: Optional[int] = 1) -> dict:
     """Per-prompt (batch 1) and batched encode / sanitize times and their ratio. Single-threaded
     by default: a shared machine's other load disturbs multi-threaded timings far more."""
@@ -119,7 +119,7 @@ def measure_full_size(model: Optional[EmbeddingSanitizer], families=("sd1-clip-l
         encoder = random_clip_encoder(family, device="cpu")
         log(f"  built random {family} in {time.perf_counter() - t0:.1f}s")
         params = sum(p.numel() for m in encoder.models for p in m.parameters())
-        r = measure(encoder, sized_like(model, family), repeats=repeats, threads=threads)
+        r = measure_cost(encoder, sized_like(model, family), repeats=repeats, threads=threads)
         r["encoder_parameters"] = params
         out[family] = r
         del encoder

@@ -1,7 +1,7 @@
 import pytest
 
 from embedding_sanitizer.evaluation.methods import EncodingCache
-from embedding_sanitizer.evaluation.toy import ToyEncoder
+from .toy_data import ToyEncoder
 
 
 @pytest.fixture

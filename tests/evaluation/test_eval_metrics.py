@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from embedding_sanitizer.evaluation.metrics import LogisticProbe, auroc, percentile, roc_curve, tpr_at_fpr
+from embedding_sanitizer.evaluation.scoring import LogisticProbe, percentile, roc_curve
+from embedding_sanitizer.metrics import auroc, tpr_at_fpr
 
 
 def test_auroc_known_values():

@@ -5,8 +5,10 @@ from pathlib import Path
 import pytest
 
 from embedding_sanitizer import EmbeddingSanitizer, SanitizerConfig, save_sanitizer
-from embedding_sanitizer.evaluation.report import missing_sections
+from embedding_sanitizer.evaluation.markdown import missing_sections
 from embedding_sanitizer.evaluation.run import main
+
+from .toy_data import ToyEncoder
 
 
 def _data(d: Path):
@@ -35,9 +37,10 @@ def test_harness_writes_a_complete_report(tmp_path, capsys):
     out = tmp_path / "report"
     extra = tmp_path / "extra.csv"
     extra.write_text("prompt\na naked man\na bloody knife\n")
-    rc = main(["--weights", str(_weights(tmp_path)), "--encoder", "toy", "--quick", "--n-synth", "8",
+    rc = main(["--weights", str(_weights(tmp_path)), "--quick", "--n-synth", "8",
                "--n-real", "10", "--data-dir", str(tmp_path / "data"), "--out", str(out),
-               "--prompts", str(extra), "--label", "unsafe", "--cost", "embedded"])
+               "--prompts", str(extra), "--label", "unsafe", "--cost", "embedded"],
+              encoder=ToyEncoder(32, 128))
     assert rc == 0
     md = (out / "report.md").read_text()
     assert missing_sections(md) == []
@@ -67,8 +70,9 @@ def test_harness_writes_a_complete_report(tmp_path, capsys):
 
 def test_harness_skips_real_sets_with_a_reason(tmp_path, capsys):
     out = tmp_path / "r"
-    rc = main(["--weights", str(_weights(tmp_path)), "--encoder", "toy", "--quick", "--n-synth", "6",
-               "--data-dir", str(tmp_path / "absent"), "--out", str(out), "--cost", "none"])
+    rc = main(["--weights", str(_weights(tmp_path)), "--quick", "--n-synth", "6",
+               "--data-dir", str(tmp_path / "absent"), "--out", str(out), "--cost", "none"],
+              encoder=ToyEncoder(32, 128))
     assert rc == 0
     assert "absent" in capsys.readouterr().out
     data = json.loads((out / "report.json").read_text())

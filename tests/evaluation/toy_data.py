@@ -1,7 +1,4 @@
-"""A tiny deterministic text encoder implementing the TextEncoder protocol, for tests of
-the harness that must not depend on MiniLM or CLIP weights. Words are tokens (hashed into
-a random table); each position also carries the mean of the prompt's tokens, so leaving a
-word out changes the pooled vector, as in a real contextual encoder."""
+"""Test material for the harness that needs no weights: a toy text encoder."""
 
 from __future__ import annotations
 
@@ -10,10 +7,12 @@ from typing import Sequence
 
 import torch
 
-from ..encoders import EncodedBatch
-
+from embedding_sanitizer.encoders import EncodedBatch
 
 class ToyEncoder:
+    """A tiny deterministic text encoder implementing the TextEncoder protocol. Words are tokens
+    (hashed into a random table); each position also carries the mean of the prompt's tokens,
+    so leaving a word out changes the pooled vector, as in a real contextual encoder."""
     family = "toy"
     name = "toy word-hash encoder"
     pooled_dim = 0

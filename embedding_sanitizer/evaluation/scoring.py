@@ -1,4 +1,4 @@
-"""Metrics of the evaluation (each is also defined in the report's text).
+"""The harness's metrics of one method on one group (each is also defined in report.md's text).
 
 Detection    AUROC and TPR at 1% FPR of a method's prompt score, unsafe vs benign.
 Erasure      (a) concept similarity: the cosine of the mean-pooled output embedding to the
@@ -24,8 +24,7 @@ import torch
 from ..metrics import auroc, tpr_at_fpr   # the project's shared implementations
 from .methods import Summary, encode_items, item_pool
 
-__all__ = ["auroc", "tpr_at_fpr", "ConceptSimilarity", "LogisticProbe", "group_metrics",
-           "percentile", "roc_curve"]
+__all__ = ["ConceptSimilarity", "LogisticProbe", "group_metrics", "percentile", "roc_curve"]
 
 
 # Below this gap between unsafe and benign concept similarity the residual is not defined
