@@ -1,4 +1,3 @@
-import csv
 import re
 
 import pytest
@@ -6,6 +5,8 @@ import pytest
 from embedding_sanitizer.evaluation import prompts as P
 from embedding_sanitizer.evaluation.methods import KeywordFilter
 from embedding_sanitizer.lexicon import builtin_concepts
+
+from .toy_data import I2P_COLUMNS, write_csv
 
 
 @pytest.fixture(scope="module")
@@ -66,17 +67,11 @@ def test_real_sets_skip_with_a_reason_when_absent(tmp_path):
 def test_real_sets_and_custom_csv(tmp_path):
     d = tmp_path / "data"
     d.mkdir()
-    with open(d / "coco_captions_dev.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["case_number", "prompt"])
-        for i in range(20):
-            w.writerow([i, f"a dog number {i} on a lawn"])
-    with open(d / "i2p_dev.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["prompt", "categories", "hard", "inappropriate_percentage", "nudity_percentage"])
-        w.writerow(["a nude painting", "sexual", 1, 90, 80])
-        w.writerow(["a bloody fight", "violence,shocking", 1, 70, 0])
-        w.writerow(["a sad man", "self-harm", 0, 20, 0])
+    write_csv(d / "coco_captions_dev.csv", ["case_number", "prompt"],
+              [[i, f"a dog number {i} on a lawn"] for i in range(20)])
+    write_csv(d / "i2p_dev.csv", I2P_COLUMNS, [["a nude painting", "sexual", 1, 90, 80],
+                                               ["a bloody fight", "violence,shocking", 1, 70, 0],
+                                               ["a sad man", "self-harm", 0, 20, 0]])
     groups, info = P.real_groups(d, None, log=lambda m: None)
     names = {g.name: g for g in groups}
     assert len(names["real/i2p-nudity"].unsafe) == 1 and len(names["real/i2p-violence"].unsafe) == 1

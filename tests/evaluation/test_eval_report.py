@@ -1,4 +1,3 @@
-import csv
 import json
 from pathlib import Path
 
@@ -8,23 +7,17 @@ from embedding_sanitizer import EmbeddingSanitizer, SanitizerConfig, save_saniti
 from embedding_sanitizer.evaluation.markdown import missing_sections
 from embedding_sanitizer.evaluation.run import main
 
-from .toy_data import ToyEncoder
+from .toy_data import I2P_COLUMNS, ToyEncoder, write_csv
 
 
 def _data(d: Path):
     d.mkdir()
-    with open(d / "coco_captions_dev.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["case_number", "prompt"])
-        for i in range(40):
-            w.writerow([i, f"a dog number {i} playing on a green lawn"])
-    with open(d / "i2p_dev.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["prompt", "categories", "hard", "inappropriate_percentage", "nudity_percentage"])
-        for i in range(12):
-            w.writerow([f"a nude woman painting {i}", "sexual", 1, 90, 80])
-            w.writerow([f"a bloody gore fight {i}", "violence", 1, 70, 0])
-            w.writerow([f"a sad lonely man {i}", "self-harm", 0, 20, 0])
+    write_csv(d / "coco_captions_dev.csv", ["case_number", "prompt"],
+              [[i, f"a dog number {i} playing on a green lawn"] for i in range(40)])
+    write_csv(d / "i2p_dev.csv", I2P_COLUMNS,
+              [row for i in range(12) for row in ([f"a nude woman painting {i}", "sexual", 1, 90, 80],
+                                                  [f"a bloody gore fight {i}", "violence", 1, 70, 0],
+                                                  [f"a sad lonely man {i}", "self-harm", 0, 20, 0])])
 
 
 def _weights(tmp_path, **kw):

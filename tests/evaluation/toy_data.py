@@ -1,13 +1,27 @@
-"""Test material for the harness that needs no weights: a toy text encoder."""
+"""Test material for the harness that needs no weights and no data: a toy text encoder and
+CSV files shaped like the real prompt sets."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
+from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from embedding_sanitizer.encoders import EncodedBatch
+
+I2P_COLUMNS = ["prompt", "categories", "hard", "inappropriate_percentage", "nudity_percentage"]
+
+
+def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
 
 class ToyEncoder:
     """A tiny deterministic text encoder implementing the TextEncoder protocol. Words are tokens
