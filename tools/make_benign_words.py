@@ -2,13 +2,13 @@
 
 Real prompts use thousands of words the lexicon's templates never show; a
 sanitizer that has only seen those templates flags unfamiliar words. The list
-is the commonest whole words of the CLIP BPE vocabulary (open-clip-torch),
+is the commonest whole words of the CLIP BPE vocabulary (open-clip-torch, read through
+encoders.clip_tokenizer, whose ids follow the merges in frequency order),
 minus every word of the lexicon's terms and anything containing an unsafe root.
 
     python tools/make_benign_words.py
 """
 
-import gzip
 import re
 import sys
 from pathlib import Path
@@ -16,7 +16,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from embedding_sanitizer.encoders import _package_dir  # noqa: E402
+from embedding_sanitizer.corpus import DATA_DIR  # noqa: E402
+from embedding_sanitizer.encoders import clip_tokenizer  # noqa: E402
 from embedding_sanitizer.lexicon import builtin_concepts  # noqa: E402
 
 COUNT = 20000
@@ -44,12 +45,10 @@ def words_of_terms() -> set[str]:
 
 
 def main():
-    vocab = _package_dir("open_clip", "pip install --no-deps open-clip-torch") / "bpe_simple_vocab_16e6.txt.gz"
-    merges = gzip.open(vocab).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
+    vocab = clip_tokenizer().get_vocab()
     banned = words_of_terms()
     words = []
-    for merge in merges:       # merges come in frequency order
-        word = "".join(merge.split())
+    for word in sorted(vocab, key=vocab.get):       # commonest merges first
         if not word.endswith("</w>"):
             continue
         word = word[:-4]
@@ -57,7 +56,7 @@ def main():
                 and not any(root in word for root in UNSAFE_ROOTS)):
             words.append(word)
     words = list(dict.fromkeys(words))[:COUNT]
-    out = ROOT / "embedding_sanitizer" / "data" / "benign_words.txt"
+    out = DATA_DIR / "benign_words.txt"     # where corpus.everyday_words reads it
     out.write_text("\n".join(words) + "\n")
     print(f"wrote {len(words)} words to {out}")
 
