@@ -36,39 +36,6 @@ from .scoring import ConceptSimilarity, GroupInputs, LogisticProbe, group_metric
 DEFAULT_INTENSITIES = (0.5, 1.0, 1.5)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m embedding_sanitizer eval", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", default=None, help="sanitizer weight file (default: the embedded MiniLM default)")
-    p.add_argument("--encoder", default=None,
-                   help="text encoder spec for sanitizers of other families (see embedding_sanitizer.encoders.load_encoder); "
-                        "default: the embedded MiniLM for 'minilm' weights")
-    p.add_argument("--out", default="eval_report", help="output folder (report.md, report.json, *.png)")
-    p.add_argument("--quick", action="store_true", help="CI subset: small sets, short sweeps, embedded cost only")
-    p.add_argument("--n-synth", type=int, default=None, help="prompts per synthetic / adversarial set (default 40; quick 16)")
-    p.add_argument("--n-real", type=int, default=None,
-                   help="at most this many prompts per real set (default 100; quick 30; 0 = all)")
-    p.add_argument("--data-dir", type=Path, default=default_data_dir(),
-                   help="folder with i2p_dev.csv / coco_captions_dev.csv (default: <repo>/../shared/data)")
-    p.add_argument("--no-real", action="store_true", help="skip the real prompt sets")
-    p.add_argument("--prompts", action="append", default=[], metavar="FILE",
-                   help="extra CSV with a 'prompt' column (repeatable; pair each with --label)")
-    p.add_argument("--label", action="append", default=[], choices=("unsafe", "benign"),
-                   help="label of the matching --prompts file")
-    p.add_argument("--intensities", default=",".join(f"{x:g}" for x in DEFAULT_INTENSITIES))
-    p.add_argument("--sweep", default=None, help="comma-separated intensities for the trade-off sweep")
-    p.add_argument("--safree-alpha", type=float, default=0.01, help="SAFREE trigger margin alpha (paper default 0.01)")
-    p.add_argument("--safree-sweep", default=None, help="comma-separated alphas for SAFREE's trade-off sweep")
-    p.add_argument("--cost", choices=("none", "embedded", "full"), default=None,
-                   help="cost measurement: embedded encoder only, or also full-size random CLIP-L and SDXL "
-                        "(default: full; quick: embedded)")
-    p.add_argument("--render", default=None, metavar="REPORT_JSON",
-                   help="only re-render report.md and plots from an earlier report.json")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    return p
-
-
 @dataclass(frozen=True)
 class Sizes:
     """How much a run measures: the documented full run, or the CI subset (--quick)."""
@@ -88,6 +55,39 @@ FULL = Sizes(n_synth=40, n_real=100, probe_synthetic=400,
 QUICK = Sizes(n_synth=16, n_real=30, probe_synthetic=100,
               sweep_intensities=(0.0, 0.5, 1.0, 2.0), sweep_alphas=(1.0, 0.1, 0.01, -0.05),
               cost="embedded", cost_repeats=3)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m embedding_sanitizer eval", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", default=None, help="sanitizer weight file (default: the embedded MiniLM default)")
+    p.add_argument("--encoder", default=None,
+                   help="text encoder spec for sanitizers of other families (see embedding_sanitizer.encoders.load_encoder); "
+                        "default: the embedded MiniLM for 'minilm' weights")
+    p.add_argument("--out", default="eval_report", help="output folder (report.md, report.json, *.png)")
+    p.add_argument("--quick", action="store_true", help="CI subset: small sets, short sweeps, embedded cost only")
+    p.add_argument("--n-synth", type=int, default=None, help=f"prompts per synthetic / adversarial set (default {FULL.n_synth}; quick {QUICK.n_synth})")
+    p.add_argument("--n-real", type=int, default=None,
+                   help=f"at most this many prompts per real set (default {FULL.n_real}; quick {QUICK.n_real}; 0 = all)")
+    p.add_argument("--data-dir", type=Path, default=default_data_dir(),
+                   help="folder with i2p_dev.csv / coco_captions_dev.csv (default: <repo>/../shared/data)")
+    p.add_argument("--no-real", action="store_true", help="skip the real prompt sets")
+    p.add_argument("--prompts", action="append", default=[], metavar="FILE",
+                   help="extra CSV with a 'prompt' column (repeatable; pair each with --label)")
+    p.add_argument("--label", action="append", default=[], choices=("unsafe", "benign"),
+                   help="label of the matching --prompts file")
+    p.add_argument("--intensities", default=",".join(f"{x:g}" for x in DEFAULT_INTENSITIES))
+    p.add_argument("--sweep", default=None, help="comma-separated intensities for the trade-off sweep")
+    p.add_argument("--safree-alpha", type=float, default=0.01, help="SAFREE trigger margin alpha (paper default 0.01)")
+    p.add_argument("--safree-sweep", default=None, help="comma-separated alphas for SAFREE's trade-off sweep")
+    p.add_argument("--cost", choices=("none", "embedded", "full"), default=None,
+                   help="cost measurement: embedded encoder only, or also full-size random CLIP-L and SDXL "
+                        f"(default: {FULL.cost}; quick: {QUICK.cost})")
+    p.add_argument("--render", default=None, metavar="REPORT_JSON",
+                   help="only re-render report.md and plots from an earlier report.json")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    return p
 
 
 def _floats(text: Optional[str], default) -> tuple[float, ...]:
