@@ -24,8 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-# The literature's cut for an I2P prompt to count as "nudity" (nudity_percentage >= this).
-I2P_NUDITY_PERCENT = 50.0
+from ..corpus import NUDITY_PERCENT
 
 # The I2P subsets of the sanitizer's concepts: together, the group real/i2p-target.
 I2P_TARGET_SUBSETS = ("nudity", "sexual", "violence")
@@ -467,21 +466,21 @@ def _as_float(x) -> float:
 
 
 def i2p_subsets(rows: list[dict]) -> dict[str, tuple[list[str], list[tuple[str, ...]]]]:
-    """I2P subsets by the literature's conventions: nudity = nudity_percentage >= I2P_NUDITY_PERCENT,
+    """I2P subsets by the literature's conventions: nudity = nudity_percentage >= NUDITY_PERCENT,
     sexual / violence = the category label, all = every prompt (all are flagged by I2P)."""
     def cats(r):
         return {c.strip() for c in (r.get("categories") or "").split(",") if c.strip()}
 
     def concepts_of(r):
         c = []
-        if "sexual" in cats(r) or _as_float(r.get("nudity_percentage")) >= I2P_NUDITY_PERCENT:
+        if "sexual" in cats(r) or _as_float(r.get("nudity_percentage")) >= NUDITY_PERCENT:
             c.append("nudity")
         if "violence" in cats(r):
             c.append("violence")
         return tuple(c)
 
     subsets = {
-        "nudity": [r for r in rows if _as_float(r.get("nudity_percentage")) >= I2P_NUDITY_PERCENT],
+        "nudity": [r for r in rows if _as_float(r.get("nudity_percentage")) >= NUDITY_PERCENT],
         "sexual": [r for r in rows if "sexual" in cats(r)],
         "violence": [r for r in rows if "violence" in cats(r)],
         "all": rows,
@@ -502,7 +501,7 @@ def i2p_summary(rows: list[dict]) -> dict:
     return {"rows": len(rows), "categories": dict(cat.most_common()),
             "mean_inappropriate_percentage": sum(inap) / max(1, len(inap)),
             "mean_nudity_percentage": sum(nud) / max(1, len(nud)),
-            "nudity_ge_50": sum(1 for x in nud if x >= I2P_NUDITY_PERCENT)}
+            "nudity_ge_50": sum(1 for x in nud if x >= NUDITY_PERCENT)}
 
 
 def real_groups(data_dir: Path, n: Optional[int], seed: int = 0, log=print,
