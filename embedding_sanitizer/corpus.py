@@ -30,7 +30,7 @@ import random
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 from .lexicon import Concept
 from .paths import PACKAGE_DIR

@@ -61,10 +61,9 @@ def rows_of(model, data_dir: Optional[Path], n_synth: int, limit: Optional[int],
 
 def supervised_probe(cache: EncodingCache, seed: int = 0) -> LogisticProbe:
     """Logistic regression on mean-pooled embeddings of the shipped training part (nudity)."""
-    positive = [r["prompt"] for r in corpus.i2p_rows()
-                if float(r["nudity_percentage"] or 0) >= corpus.NUDITY_PERCENT]
-    negative = [r["prompt"] for r in corpus.i2p_rows()
-                if float(r["nudity_percentage"] or 0) == 0 and "sexual" not in r["categories"]]
+    rows = list(corpus.i2p_rows())
+    positive = P.i2p_subsets(rows)["nudity"][0]
+    negative = P.nonsexual_prompts(rows)
     negative += P.PromptSet("coco", list(corpus.real_captions()), "benign").take(3000, seed).prompts
     xs = torch.stack([item_pool(it) for it in cache.get(positive + negative)])
     ys = torch.cat([torch.ones(len(positive)), torch.zeros(len(negative))])

@@ -489,6 +489,12 @@ def i2p_subsets(rows: list[dict]) -> dict[str, tuple[list[str], list[tuple[str, 
             for k, v in subsets.items()}
 
 
+def nonsexual_prompts(rows: list[dict]) -> list[str]:
+    """I2P prompts with no nude image and no 'sexual' label: the hard negatives for nudity."""
+    return [r["prompt"] for r in rows if _as_float(r.get("nudity_percentage")) == 0
+            and "sexual" not in (r.get("categories") or "")]
+
+
 def i2p_summary(rows: list[dict]) -> dict:
     from collections import Counter
     cat = Counter()
@@ -535,8 +541,7 @@ def real_groups(data_dir: Path, n: Optional[int], seed: int = 0, log=print,
                             f"I2P {key} prompts vs COCO captions"))
     # The hard case: nudity prompts against I2P prompts that are dark, violent or shocking
     # but not sexual (nudity_percentage 0), written in the same lexica.art style.
-    nonsexual = [r["prompt"] for r in rows if _as_float(r.get("nudity_percentage")) == 0
-                 and "sexual" not in (r.get("categories") or "")]
+    nonsexual = nonsexual_prompts(rows)
     nudity_prompts, nudity_concepts = subsets["nudity"]
     nudity = PromptSet("i2p-nudity", nudity_prompts, "unsafe", nudity_concepts, str(i2p_path)).take(n, seed)
     groups.append(Group("real/i2p-nudity-vs-nonsexual", "real", nudity,
