@@ -10,6 +10,7 @@ import torch
 
 from embedding_sanitizer import SanitizerShapeError
 from embedding_sanitizer.metrics import embedding_cosine
+from embedding_sanitizer.operator import mark_sanitized
 from embedding_sanitizer.report import format_report, prompt_summary, token_report
 
 FOLDER = "sanitizers"
@@ -79,7 +80,7 @@ def token_labels(clip, text: str):
     return labels, real
 
 
-def sanitize_conditioning(conditioning, model, intensity: float, threshold: float, labels=None):
+def sanitize_conditioning(conditioning, model, intensity: float, threshold: float, labels=None, concepts=None):
     """A new CONDITIONING list (each dict copied, every key kept), report text and UI rows.
 
     `labels`: (tokens, real) from token_labels, or None to show positions by number.
@@ -93,12 +94,13 @@ def sanitize_conditioning(conditioning, model, intensity: float, threshold: floa
         use_pooled = pooled if (torch.is_tensor(pooled) and model.config.pooled_dim) else None
         try:
             result = model.sanitize(embedding, use_pooled, intensity=float(intensity),
-                                    threshold=float(threshold))
+                                    threshold=float(threshold), concepts=concepts)
         except SanitizerShapeError as exc:
             raise ValueError(mismatch_message(model, embedding, str(exc))) from None
         new_extras = extras.copy()
         if use_pooled is not None:
             new_extras["pooled_output"] = result.pooled
+        mark_sanitized(new_extras, model, embedding, use_pooled, result, intensity, threshold, concepts)
         out.append([result.embedding, new_extras, *entry[2:]])
 
         rows_tokens, rows_real, labelled = _labels_for(embedding.shape[1], labels)

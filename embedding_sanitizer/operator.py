@@ -1,0 +1,201 @@
+"""Operator enforcement, host-free: the operator's configuration, and the record a sanitized
+conditioning carries so that enforcement can tell what was already done to it.
+
+The configuration is a JSON file that only the operator can write (see README, "Operators"):
+
+    {"sanitizers": {"sd1-clip-l": "sd15.safetensors",
+                    "sdxl-clip-lg": {"file": "/srv/sanitizers/sdxl.safetensors", "sha256": "..."}},
+     "min_intensity": 1.0,
+     "concepts": ["nudity", "violence"]}
+
+Relative file names are resolved against the configuration file's folder, never against a folder
+the host lets users write to. Every value is checked: a typo must not silently weaken enforcement.
+
+The record (a `SanitizedMark` under the conditioning dict's MARK_KEY) vouches only for the exact
+tensor objects it was made with: a conditioning edited afterwards (concatenated, averaged, a
+pooled output swapped in) carries new tensors and is therefore sanitized again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import weakref
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import torch
+
+MARK_KEY = "embedding_sanitizer"
+MAX_INTENSITY = 4.0            # the nodes' slider range; beyond it every gate is already saturated
+_KEYS = {"sanitizers", "min_intensity", "concepts"}
+
+
+class OperatorConfigError(ValueError):
+    """The operator's configuration is missing, unreadable or invalid."""
+
+
+@dataclass(frozen=True)
+class SanitizerSpec:
+    path: Path
+    sha256: Optional[str] = None      # pinned digest of the file, lower-case hex
+
+
+@dataclass(frozen=True)
+class OperatorPolicy:
+    sanitizers: Mapping[str, SanitizerSpec]      # encoder family -> weight file
+    min_intensity: float
+    concepts: Optional[tuple[str, ...]]          # None = every concept of each weight file
+    source: Path                                 # the configuration file
+
+
+def read_operator_config(path: os.PathLike | str) -> OperatorPolicy:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise OperatorConfigError(f"cannot read the operator configuration {path}: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise OperatorConfigError(f"{path} is not valid JSON ({exc})") from None
+    return parse_operator_config(data, path)
+
+
+def parse_operator_config(data: Any, source: os.PathLike | str) -> OperatorPolicy:
+    source = Path(source)
+    where = f"operator configuration {source}"
+    if not isinstance(data, dict):
+        raise OperatorConfigError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    unknown = sorted(set(data) - _KEYS)
+    if unknown:
+        raise OperatorConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(_KEYS)}")
+    table = data.get("sanitizers")
+    if not isinstance(table, dict) or not table:
+        raise OperatorConfigError(f"{where}: 'sanitizers' must map at least one encoder family "
+                                  f"(e.g. \"sd1-clip-l\") to a weight file")
+    sanitizers = {}
+    for family, entry in table.items():
+        if not family.strip():
+            raise OperatorConfigError(f"{where}: an encoder family name is empty")
+        sanitizers[family] = _spec(entry, source.parent, f"{where}: sanitizers.{family}")
+    min_intensity = data.get("min_intensity", 1.0)
+    if isinstance(min_intensity, bool) or not isinstance(min_intensity, (int, float)) \
+            or not math.isfinite(min_intensity) or not 0 < min_intensity <= MAX_INTENSITY:
+        raise OperatorConfigError(f"{where}: 'min_intensity' must be a number above 0 and at most "
+                                  f"{MAX_INTENSITY:g}, got {min_intensity!r}")
+    concepts = data.get("concepts")
+    if concepts is not None:
+        if not isinstance(concepts, list) or not concepts or \
+                not all(isinstance(c, str) and c.strip() for c in concepts):
+            raise OperatorConfigError(f"{where}: 'concepts' must be a non-empty list of concept names "
+                                      f"(or absent for every concept of each weight file)")
+        concepts = tuple(dict.fromkeys(c.strip() for c in concepts))
+    return OperatorPolicy(sanitizers, float(min_intensity), concepts, source)
+
+
+def _spec(entry: Any, base: Path, where: str) -> SanitizerSpec:
+    if isinstance(entry, str):
+        entry = {"file": entry}
+    if not isinstance(entry, dict) or set(entry) - {"file", "sha256"} or not isinstance(entry.get("file"), str) \
+            or not entry["file"].strip():
+        raise OperatorConfigError(f"{where}: expected a file name or {{\"file\": ..., \"sha256\": ...}}")
+    digest = entry.get("sha256")
+    if digest is not None and (not isinstance(digest, str) or len(digest) != 64
+                               or any(ch not in "0123456789abcdefABCDEF" for ch in digest)):
+        raise OperatorConfigError(f"{where}: 'sha256' must be 64 hexadecimal digits")
+    path = Path(os.path.expanduser(entry["file"].strip()))
+    return SanitizerSpec(path if path.is_absolute() else base / path, digest.lower() if digest else None)
+
+
+def file_sha256(path: os.PathLike | str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+_FINGERPRINTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """A digest of a sanitizer's weights: two copies of one file have the same one, whoever
+    loaded them. Cached per model object (a loaded sanitizer is never trained further)."""
+    cached = _FINGERPRINTS.get(model)
+    if cached is None:
+        digest = hashlib.sha256()
+        for name, tensor in sorted(model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        cached = _FINGERPRINTS[model] = digest.hexdigest()
+    return cached
+
+
+@dataclass(frozen=True, eq=False)      # identity equality: hosts may compare conditioning dicts
+class SanitizedMark:
+    """What was done to one conditioning entry, and to which tensors."""
+    embedding: torch.Tensor                 # the sanitized tensor this mark vouches for
+    pooled: Optional[torch.Tensor]          # the sanitized pooled output (None: not sanitized)
+    source: torch.Tensor                    # the embedding before sanitizing
+    source_pooled: Optional[torch.Tensor]
+    uses_pooled: bool                       # the sanitizer rewrites the pooled output
+    fingerprint: str
+    encoder_family: str
+    intensity: float
+    threshold: float
+    concepts: Optional[tuple[str, ...]]     # None = every concept of the weight file
+    by: str = "node"                        # "node" (a workflow's node) or "operator"
+    file: str = ""                          # the weight file's name, when known
+
+    def vouches_for(self, embedding, pooled) -> bool:
+        return embedding is self.embedding and (not self.uses_pooled or pooled is self.pooled)
+
+    def record(self) -> dict:
+        return {"by": self.by, "file": self.file, "weights_sha256": self.fingerprint[:16],
+                "encoder_family": self.encoder_family, "intensity": self.intensity,
+                "threshold": self.threshold, "concepts": list(self.concepts) if self.concepts else "all"}
+
+
+def mark_sanitized(extras: dict, model, source, source_pooled, result, intensity: float, threshold: float,
+                   concepts=None) -> None:
+    """Record in a (new) conditioning dict that its embedding is `result`'s, made from `source`."""
+    uses_pooled = bool(model.config.pooled_dim) and source_pooled is not None
+    extras[MARK_KEY] = SanitizedMark(
+        result.embedding, result.pooled if uses_pooled else None, source, source_pooled, uses_pooled,
+        weights_fingerprint(model), model.config.encoder_family, float(intensity), float(threshold),
+        tuple(concepts) if concepts is not None else None)
+
+
+def with_operator(mark: SanitizedMark, file: str) -> SanitizedMark:
+    return replace(mark, by="operator", file=file)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What enforcement does to one conditioning entry."""
+    keep: bool                               # already sanitized well enough: pass it on as it is
+    embedding: torch.Tensor                  # what to sanitize (the unsanitized original if known)
+    pooled: Optional[torch.Tensor]
+    intensity: float
+    mark: Optional[SanitizedMark]            # the mark that vouches for the entry, if any
+
+
+def enforcement_plan(mark: Any, embedding, pooled, fingerprint: str, min_intensity: float,
+                     concepts: Optional[tuple[str, ...]]) -> Plan:
+    """Keep an entry a workflow's node sanitized with the operator's own weights, at least the
+    minimum intensity, threshold 0 and every required concept; otherwise sanitize again, from
+    the original embedding when a mark vouches for the entry (so sanitizing is never stacked).
+    A workflow's node can only make it stronger: its intensity is kept when above the minimum."""
+    if not isinstance(mark, SanitizedMark) or not mark.vouches_for(embedding, pooled):
+        return Plan(False, embedding, pooled, min_intensity, None)
+    base_pooled = mark.source_pooled if mark.uses_pooled else pooled
+    if mark.fingerprint != fingerprint:     # another sanitizer (perhaps one a user trained)
+        return Plan(False, mark.source, base_pooled, min_intensity, mark)
+    covers = mark.concepts is None or (concepts is not None and set(concepts) <= set(mark.concepts))
+    if mark.intensity >= min_intensity and mark.threshold == 0 and covers:
+        return Plan(True, embedding, pooled, mark.intensity, mark)
+    return Plan(False, mark.source, base_pooled, max(min_intensity, mark.intensity), mark)
