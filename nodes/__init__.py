@@ -4,6 +4,7 @@ Thin adapters over the engine (`sanitizer`): no tensor math here. Node ids are
 stable; renaming one breaks saved workflows.
 """
 
+from .operator_mode import setup as setup_operator_mode
 from .sanitizer_nodes import ClipTextEncodeSanitized, LoadEmbeddingSanitizer, SanitizeConditioning
 from .training_nodes import TrainEmbeddingSanitizer
 
@@ -20,3 +21,6 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "EmbeddingSanitizerCLIPTextEncode": "CLIP Text Encode (Sanitized)",
     "EmbeddingSanitizerTrain": "Train Embedding Sanitizer",
 }
+
+# The operator's enforcement switch, read once at load (see operator_mode.py).
+OPERATOR_MODE = setup_operator_mode()

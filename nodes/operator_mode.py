@@ -1,0 +1,322 @@
+"""ComfyUI operator mode: while the server's operator enforces it, every conditioning that reaches
+sampling, except the negative one, is sanitized before the model sees it, whatever the workflow.
+
+The switch is read once, when the pack loads: the file named by the environment variable
+EMBEDDING_SANITIZER_OPERATOR_CONFIG, else <ComfyUI user directory>/embedding_sanitizer_operator.json.
+Without either, nothing here is installed and ComfyUI runs exactly as it would without it.
+
+The choke point is where ComfyUI turns CONDITIONING into what its samplers use:
+`CFGGuider.inner_set_conds` (ComfyUI since the guiders of spring 2024: KSampler, KSamplerAdvanced,
+SamplerCustom and SamplerCustomAdvanced with any guider) or, before guiders, `comfy.samplers.sample`
+(through which KSampler and SamplerCustom both pass). Both see the same converted entries: dicts
+holding the embedding as "cross_attn". Any failure refuses the prompt (an exception ComfyUI reports
+for that node), never lets it through.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Optional
+
+import folder_paths
+import torch
+
+from embedding_sanitizer import load_sanitizer
+from embedding_sanitizer.operator import (MARK_KEY, OperatorConfigError, enforcement_plan, file_sha256,
+                                          read_operator_config, weights_fingerprint, with_operator)
+
+from .common import sanitize_conditioning
+
+ENV_VAR = "EMBEDDING_SANITIZER_OPERATOR_CONFIG"
+CONFIG_NAME = "embedding_sanitizer_operator.json"
+ROUTE = "/embedding_sanitizer/operator"
+NEGATIVE = "negative"
+WRAPPED = "__embedding_sanitizer_wraps__"
+# ComfyUI model classes (comfy.supported_models, matched along the MRO so SSD-1B, Segmind Vega,
+# KOALA, inpaint and pix2pix variants follow their base) -> the sanitizer family of their text encoder.
+MODEL_FAMILIES = {"SD15": "sd1-clip-l", "SD20": "sd2-clip-h", "SDXL": "sdxl-clip-lg"}
+KEEP_PROMPTS = 256          # per-prompt records kept until the prompt's history is written
+
+LOG = logging.getLogger("embedding_sanitizer")
+
+
+class SanitizingRefused(RuntimeError):
+    """Enforcement is on and this prompt cannot be sanitized: it must not be sampled."""
+
+
+def config_location() -> Optional[Path]:
+    """The operator's configuration file, or None when the operator enforces nothing."""
+    named = os.environ.get(ENV_VAR, "").strip()
+    if named:
+        return Path(named).expanduser()
+    getter = getattr(folder_paths, "get_user_directory", None)
+    user_dir = getter() if getter else getattr(folder_paths, "user_directory", None)
+    if user_dir and os.path.isfile(os.path.join(user_dir, CONFIG_NAME)):
+        return Path(user_dir) / CONFIG_NAME
+    return None
+
+
+def model_family(base_model) -> Optional[str]:
+    config = getattr(base_model, "model_config", None)
+    for cls in type(config).__mro__:
+        if cls.__name__ in MODEL_FAMILIES:
+            return MODEL_FAMILIES[cls.__name__]
+    return None
+
+
+class Enforcer:
+    """The operator's policy with its loaded sanitizers, and what it did per prompt."""
+
+    def __init__(self, config_path: Path):
+        self.config_path = config_path
+        self.policy = None
+        self.error: Optional[str] = None          # refuses every prompt when set
+        self.models, self.files, self.load_errors = {}, {}, {}
+        self.records: OrderedDict = OrderedDict()
+        try:
+            self.policy = read_operator_config(config_path)
+        except OperatorConfigError as exc:
+            self.error = str(exc)
+            return
+        for family, spec in self.policy.sanitizers.items():
+            self.files[family] = {"file": spec.path.name, "path": str(spec.path), "sha256": ""}
+            try:
+                digest = file_sha256(spec.path)
+                self.files[family]["sha256"] = digest
+                if spec.sha256 and digest != spec.sha256:
+                    raise ValueError(f"{spec.path.name} has sha256 {digest}, the configuration pins "
+                                     f"{spec.sha256}: the file was changed or replaced")
+                model = load_sanitizer(spec.path, device="cpu")
+                if model.config.encoder_family != family:
+                    raise ValueError(f"{spec.path.name} is a sanitizer for '{model.config.encoder_family}', "
+                                     f"not '{family}'")
+                model.concept_mask(self.policy.concepts)     # raises on a concept the file lacks
+                self.models[family] = model
+            except Exception as exc:     # noqa: BLE001  any failure refuses this family's prompts
+                self.load_errors[family] = str(exc)
+
+    # ------------------------------------------------------------------ startup and state
+
+    def log_startup(self) -> None:
+        if self.error:
+            LOG.error("Embedding Sanitizer: operator enforcement is ON but its configuration is unusable; "
+                      "every prompt will be refused: %s", self.error)
+            return
+        LOG.warning("Embedding Sanitizer: operator enforcement is ON (%s): minimum intensity %g, concepts %s",
+                    self.config_path, self.policy.min_intensity, ", ".join(self.policy.concepts or ["all"]))
+        for family, info in self.files.items():
+            if family in self.load_errors:
+                LOG.error("Embedding Sanitizer: %s -> %s NOT LOADED, its prompts will be refused: %s",
+                          family, info["path"], self.load_errors[family])
+            else:
+                LOG.warning("Embedding Sanitizer: %s -> %s (sha256 %s)", family, info["path"], info["sha256"])
+
+    def state(self) -> dict:
+        """What GET /embedding_sanitizer/operator answers. No paths and no error texts (which may
+        hold paths): behind a reverse proxy every client looks local, so none is trusted with them."""
+        if self.error:
+            return {"enforced": True, "ready": False, "problem": "the operator configuration is unusable; "
+                    "every prompt is refused (details in the server log)"}
+        return {"enforced": True, "ready": not self.load_errors,
+                "min_intensity": self.policy.min_intensity, "concepts": list(self.policy.concepts or []) or "all",
+                "sanitizers": {family: {"file": info["file"], "sha256": info["sha256"][:16],
+                                        "loaded": family in self.models}
+                               for family, info in self.files.items()}}
+
+    def summary(self) -> dict:
+        """The policy as saved images and the history record it (file names, no paths)."""
+        state = self.state()
+        return {key: state[key] for key in ("enforced", "min_intensity", "concepts", "sanitizers") if key in state}
+
+    # ------------------------------------------------------------------ the choke point
+
+    def enforce(self, base_model, key: str, entries: list) -> list:
+        """Sanitized copies of one guider input's converted entries; raises SanitizingRefused."""
+        try:
+            return self._enforce(base_model, key, entries)
+        except SanitizingRefused as exc:
+            LOG.error("%s", exc)
+            raise
+        except Exception as exc:     # noqa: BLE001  fail closed, whatever went wrong
+            message = (f"Embedding Sanitizer (operator mode) refused to sample: sanitizing the '{key}' "
+                       f"conditioning failed: {exc}")
+            LOG.error("%s", message)
+            raise SanitizingRefused(message) from exc
+
+    def _enforce(self, base_model, key, entries):
+        if self.error:
+            raise SanitizingRefused(f"Embedding Sanitizer (operator mode) refused to sample: {self.error}")
+        family = model_family(base_model)
+        if family is None or family not in self.files:
+            name = type(getattr(base_model, "model_config", base_model)).__name__
+            raise SanitizingRefused(
+                f"Embedding Sanitizer (operator mode) refused to sample: this server enforces sanitizing and "
+                f"has no sanitizer for this model ({name}, text encoder family {family or 'unknown'}); "
+                f"sanitizers are configured for: {', '.join(sorted(self.files))}")
+        if family in self.load_errors:
+            raise SanitizingRefused(f"Embedding Sanitizer (operator mode) refused to sample: the {family} "
+                                    f"sanitizer did not load: {self.load_errors[family]}")
+        model, name = self.models[family], self.files[family]["file"]
+        policy = self.policy
+        out = []
+        for entry in entries:
+            embedding = entry.get("cross_attn") if isinstance(entry, dict) else None
+            if not torch.is_tensor(embedding):
+                raise SanitizingRefused(f"Embedding Sanitizer (operator mode) refused to sample: an entry of "
+                                        f"the '{key}' conditioning has no text embedding to sanitize")
+            pooled = entry.get("pooled_output")
+            plan = enforcement_plan(entry.get(MARK_KEY), embedding, pooled, weights_fingerprint(model),
+                                    policy.min_intensity, policy.concepts)
+            if plan.keep:
+                out.append(entry)
+                self._record(key, {**plan.mark.record(), "file": name, "erased_tokens": None})
+                continue
+            extras = dict(entry)
+            if plan.pooled is not None:
+                extras["pooled_output"] = plan.pooled
+            [[new_embedding, new_extras]], _, ui = sanitize_conditioning(
+                [[plan.embedding, extras]], model, plan.intensity, 0.0, None, concepts=policy.concepts)
+            new_extras["cross_attn"] = new_embedding
+            model_conds = new_extras.get("model_conds")
+            if isinstance(model_conds, dict) and "c_crossattn" in model_conds:   # ComfyUI 2024 fills it early
+                new_extras["model_conds"] = {**model_conds,
+                                             "c_crossattn": type(model_conds["c_crossattn"])(new_embedding)}
+            new_extras[MARK_KEY] = with_operator(new_extras[MARK_KEY], name)
+            out.append(new_extras)
+            self._record(key, {**new_extras[MARK_KEY].record(),
+                               "erased_tokens": sum(u["erased_tokens"] for u in ui),
+                               "replaced_node_sanitizing": plan.mark is not None})
+        return out
+
+    # ------------------------------------------------------------------ records
+
+    def _record(self, key: str, record: dict) -> None:
+        prompt_id, node_id = _executing()
+        records = self.records.setdefault(prompt_id, [])
+        records.append({"node": node_id, "input": key, **record})
+        self.records.move_to_end(prompt_id)
+        while len(self.records) > KEEP_PROMPTS:
+            self.records.popitem(last=False)
+
+    def prompt_record(self, prompt_id, finished: bool = False) -> dict:
+        done = self.records.pop(prompt_id, []) if finished else list(self.records.get(prompt_id, []))
+        return {**self.summary(), "sanitized": done}
+
+
+def _executing():
+    """(prompt id, node id) ComfyUI is executing, as its server tracks them."""
+    try:
+        from server import PromptServer
+        instance = PromptServer.instance
+    except (ImportError, AttributeError):
+        return None, None
+    return getattr(instance, "last_prompt_id", None), getattr(instance, "last_node_id", None)
+
+
+# ---------------------------------------------------------------------- patches
+
+def _wrap(owner, name: str, make):
+    original = getattr(owner, name)
+    wrapper = functools.wraps(original)(make(original))
+    setattr(wrapper, WRAPPED, original)
+    setattr(owner, name, wrapper)
+
+
+def install_choke_point(enforcer: Enforcer, samplers) -> str:
+    """Patch the sampling choke point of this ComfyUI; returns which one. Raises when none is known."""
+    guider = getattr(samplers, "CFGGuider", None)
+    if guider is not None and callable(getattr(guider, "inner_set_conds", None)):
+        def make(original):
+            def inner_set_conds(self, conds):
+                original(self, conds)
+                base_model = self.model_patcher.model
+                for key in conds:
+                    if key != NEGATIVE:
+                        self.original_conds[key] = enforcer.enforce(base_model, key, self.original_conds[key])
+            return inner_set_conds
+        _wrap(guider, "inner_set_conds", make)
+        return "comfy.samplers.CFGGuider.inner_set_conds"
+    if guider is None and callable(getattr(samplers, "sample", None)) and \
+            list(inspect.signature(samplers.sample).parameters)[:4] == ["model", "noise", "positive", "negative"]:
+        def make(original):
+            def sample(model, noise, positive, negative, *args, **kwargs):
+                return original(model, noise, enforcer.enforce(model, "positive", positive), negative, *args, **kwargs)
+            return sample
+        _wrap(samplers, "sample", make)      # KSampler.sample calls it through the module's globals
+        return "comfy.samplers.sample"
+    raise SanitizingRefused(
+        "Embedding Sanitizer: operator enforcement is configured, but this ComfyUI has neither "
+        "comfy.samplers.CFGGuider.inner_set_conds nor the 2024 comfy.samplers.sample; refusing to start "
+        "rather than generate unsanitized images. Update Embedding Sanitizer or ComfyUI.")
+
+
+def install_records(enforcer: Enforcer, execution_module, nodes_module) -> None:
+    """The prompt's history entry and every image SaveImage / PreviewImage writes record enforcement."""
+    queue = execution_module.PromptQueue
+
+    def make_task_done(original):
+        def task_done(self, item_id, *args, **kwargs):
+            with self.mutex:
+                running = self.currently_running.get(item_id)
+            result = original(self, item_id, *args, **kwargs)
+            if running is not None:
+                prompt_id = running[1]
+                with self.mutex:
+                    if prompt_id in self.history:
+                        self.history[prompt_id][MARK_KEY] = enforcer.prompt_record(prompt_id, finished=True)
+            return result
+        return task_done
+    _wrap(queue, "task_done", make_task_done)
+
+    def make_save_images(original):
+        signature = inspect.signature(original)
+
+        def save_images(self, *args, **kwargs):
+            bound = signature.bind(self, *args, **kwargs)
+            extra = dict(bound.arguments.get("extra_pnginfo") or {})
+            extra[MARK_KEY] = enforcer.prompt_record(_executing()[0])
+            bound.arguments["extra_pnginfo"] = extra
+            return original(*bound.args, **bound.kwargs)
+        return save_images
+    _wrap(nodes_module.SaveImage, "save_images", make_save_images)
+
+
+def add_route(state) -> None:
+    try:
+        from aiohttp import web
+        from server import PromptServer
+        routes = PromptServer.instance.routes
+    except (ImportError, AttributeError):
+        return          # imported outside a running server (tests, scripts)
+
+    @routes.get(ROUTE)
+    async def operator_state(request):
+        return web.json_response(state())
+
+
+def setup() -> Optional[Enforcer]:
+    """Read the switch once and install enforcement if the operator set it. Called on pack load."""
+    location = config_location()
+    if location is None:
+        add_route(lambda: {"enforced": False})
+        return None
+    enforcer = Enforcer(location)
+    enforcer.log_startup()
+    import comfy.samplers
+    import execution
+    import nodes as comfy_nodes     # ComfyUI's nodes.py (this package is imported relatively)
+    try:
+        where = install_choke_point(enforcer, comfy.samplers)
+    except SanitizingRefused as exc:
+        LOG.critical("%s", exc)
+        # SystemExit is not an Exception: ComfyUI's custom-node loader does not swallow it.
+        raise SystemExit(str(exc)) from None
+    install_records(enforcer, execution, comfy_nodes)
+    add_route(enforcer.state)
+    LOG.warning("Embedding Sanitizer: every prompt is sanitized at %s", where)
+    return enforcer
