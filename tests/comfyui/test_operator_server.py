@@ -283,6 +283,7 @@ def test_startup_log_route_and_badge(enforced):
     url, base = enforced
     log = (base / "server.log").read_text()
     assert "operator enforcement is ON" in log and OPERATOR_FILE in log
+    assert "every prompt is sanitized at comfy.samplers." in log
     state = get(url + "/embedding_sanitizer/operator")
     assert state["enforced"] is True and state["ready"] is True and state["min_intensity"] == 1.0
     assert state["sanitizers"]["sd1-clip-l"]["file"] == OPERATOR_FILE and state["sanitizers"]["sd1-clip-l"]["loaded"]
