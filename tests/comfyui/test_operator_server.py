@@ -346,6 +346,21 @@ def test_pack_nodes_at_or_above_the_minimum_are_not_sanitized_twice(enforced):
 
 
 @pytest.mark.slow
+def test_ksampler_advanced_is_sanitized(enforced):
+    url, base = enforced
+    t = tag()
+    graph = base_graph(t)
+    node_sanitized(graph, t, "pos", 1.0, "expected")
+    graph["sampler"] = {"class_type": "KSamplerAdvanced", "inputs": {
+        "model": ["log", 0], "add_noise": "enable", "noise_seed": 8, "steps": 1, "cfg": 7.0,
+        "sampler_name": "euler", "scheduler": "normal", "positive": ["pos", 0], "negative": ["neg", 0],
+        "latent_image": ["latent", 0], "start_at_step": 0, "end_at_step": 10000,
+        "return_with_leftover_noise": "disable"}}
+    assert_success(run(url, save_output(graph)))
+    assert_sanitized_only_positive(base, t)
+
+
+@pytest.mark.slow
 def test_sampler_custom_is_sanitized(enforced):
     url, base = enforced
     if "SamplerCustom" not in get(url + "/object_info"):
