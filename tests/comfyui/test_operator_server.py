@@ -10,22 +10,17 @@ encoded. Every graph is posted straight to /prompt in API format.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-import subprocess
-import sys
-import time
 import urllib.error
 import uuid
 from pathlib import Path
 
 import pytest
 
-from .comfy_env import REPO, extra_sys_path
+from .comfy_env import REPO, comfy_server, get
 from .conftest import ROOT, active_sanitizer
-from .test_server import free_port, get, post, run
+from .test_server import run
 
 POSITIVE = "a photo of a nude woman holding a bloody knife"
 NEGATIVE = "blurry, low quality, watermark"
@@ -126,47 +121,9 @@ def make_base(base: Path, checkpoint: Path, sanitizers: Path, pack: bool) -> Pat
     return base
 
 
-@contextlib.contextmanager
 def launched(base: Path, operator_config: Path | None = None):
-    port = free_port()
-    cli = (ROOT / "comfy" / "cli_args.py").read_text()
-    cmd = [sys.executable, str(ROOT / "main.py"), "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-           "--disable-auto-launch", "--extra-model-paths-config", str(base / "extra_model_paths.yaml"),
-           "--output-directory", str(base / "output"), "--temp-directory", str(base / "temp"),
-           "--input-directory", str(base / "input")]
-    for flag, value in (("--base-directory", str(base)), ("--front-end-root", str(base / "fe")),
-                        ("--database-url", "sqlite:///:memory:")):
-        if flag in cli:
-            cmd += [flag, value]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(extra_sys_path() + [os.environ.get("PYTHONPATH", "")]))
-    env.pop("EMBEDDING_SANITIZER_OPERATOR_CONFIG", None)
-    if operator_config is not None:
-        env["EMBEDDING_SANITIZER_OPERATOR_CONFIG"] = str(operator_config)
-    log_path = base / "server.log"
-    log = open(log_path, "w")
-    proc = subprocess.Popen(cmd, cwd=base / "cwd", env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 240
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"ComfyUI exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
-            try:
-                get(url + "/object_info/UNetContextLog", timeout=5)
-                break
-            except (urllib.error.URLError, ConnectionError, OSError):
-                if time.time() > deadline:
-                    pytest.fail("ComfyUI did not come up:\n" + log_path.read_text()[-4000:])
-                time.sleep(1)
-        yield url, base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    env = {"EMBEDDING_SANITIZER_OPERATOR_CONFIG": str(operator_config) if operator_config else ""}
+    return comfy_server(ROOT, base, "/object_info/UNetContextLog", env)
 
 
 def write_config(folder: Path, sanitizers: dict, **extra) -> Path:
@@ -181,8 +138,8 @@ def enforced(checkpoint, sanitizer_files_e2e, tmp_path_factory):
     base = make_base(tmp_path_factory.mktemp("enforced"), checkpoint, sanitizer_files_e2e, pack=True)
     config = write_config(base / "operator_conf", {"sd1-clip-l": OPERATOR_FILE}, min_intensity=1.0)
     shutil.copy(sanitizer_files_e2e / OPERATOR_FILE, config.parent / OPERATOR_FILE)
-    with launched(base, config) as server:
-        yield server
+    with launched(base, config) as url:
+        yield url, base
 
 
 # ----------------------------------------------------------------------------- graphs
@@ -439,7 +396,7 @@ def test_family_without_sanitizer_and_broken_file_are_refused(checkpoint, saniti
     (base / "conf" / "broken.safetensors").write_bytes(b"\x80\x04not a sanitizer")
     config = write_config(base / "conf", {"sdxl-clip-lg": "sdxl-operator.safetensors",
                                           "sd2-clip-h": "broken.safetensors"})
-    with launched(base, config) as (url, base):
+    with launched(base, config) as url:
         state = get(url + "/embedding_sanitizer/operator")
         assert state["ready"] is False and state["sanitizers"]["sd2-clip-h"]["loaded"] is False
         assert state["sanitizers"]["sdxl-clip-lg"]["loaded"] is True
@@ -473,7 +430,7 @@ def test_switch_off_equals_a_server_without_the_pack(checkpoint, sanitizer_files
     results = {}
     for pack in (True, False):
         base = make_base(tmp_path / f"pack-{pack}", checkpoint, sanitizer_files_e2e, pack=pack)
-        with launched(base) as (url, base):
+        with launched(base) as url:
             entry, png_path = off_run(base, url)
             try:
                 route = get(url + "/embedding_sanitizer/operator")

@@ -8,10 +8,6 @@ records the conditioning. We assert on /history, including our node's token scor
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -19,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .comfy_env import REPO, extra_sys_path
+from .comfy_env import REPO, comfy_server, get
 from .conftest import ROOT, active_sanitizer
 
 PROMPT = "a photo of a nude woman holding a bloody knife"
@@ -45,17 +41,6 @@ class ConditioningProbe:
 
 NODE_CLASS_MAPPINGS = {"ConditioningProbe": ConditioningProbe}
 '''
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get(url, timeout=10):
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return json.loads(r.read())
 
 
 def post(url, data):
@@ -105,43 +90,8 @@ def server(comfy_sd, tmp_path_factory):
         "  clip: models/clip\n"
         "  text_encoders: models/clip\n"
         "  sanitizers: models/sanitizers\n")
-    port = free_port()
-    cli = (ROOT / "comfy" / "cli_args.py").read_text()
-    cmd = [sys.executable, str(ROOT / "main.py"), "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-           "--disable-auto-launch", "--extra-model-paths-config", str(base / "extra_model_paths.yaml"),
-           "--output-directory", str(base / "output"), "--temp-directory", str(base / "temp"),
-           "--input-directory", str(base / "input")]
-    if "--base-directory" in cli:
-        cmd += ["--base-directory", str(base)]       # keeps models/ and user/ inside the temp folder
-    if "--front-end-root" in cli:
-        cmd += ["--front-end-root", str(base / "fe")]
-    if "--database-url" in cli:
-        cmd += ["--database-url", "sqlite:///:memory:"]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(extra_sys_path() + [os.environ.get("PYTHONPATH", "")]))
-    log = open(base / "server.log", "w")
-    proc = subprocess.Popen(cmd, cwd=base / "cwd", env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 240
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"ComfyUI exited with {proc.returncode}:\n{(base / 'server.log').read_text()[-4000:]}")
-            try:
-                get(url + "/object_info/EmbeddingSanitizerApply", timeout=5)
-                break
-            except (urllib.error.URLError, ConnectionError, OSError):
-                if time.time() > deadline:
-                    pytest.fail("ComfyUI did not come up:\n" + (base / "server.log").read_text()[-4000:])
-                time.sleep(1)
+    with comfy_server(ROOT, base, "/object_info/EmbeddingSanitizerApply") as url:
         yield url, base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 def workflow(text=PROMPT, intensity=1.0):
@@ -194,7 +144,7 @@ def test_server_runs_our_nodes(server):
     assert [t["token"] for t in out["5"]["token_scores"][0]["tokens"]] == PROMPT.split()
     plain, sanitized, encoded = out["6"], out["7"], out["8"]
     assert plain["shape"] == sanitized["shape"] == encoded["shape"] == [1, 77, 768]
-    assert plain["keys"] == sanitized["keys"]                     # every key kept
+    assert sorted(plain["keys"] + ["embedding_sanitizer"]) == sanitized["keys"]   # every key kept, + the record
     assert plain["digest"] != sanitized["digest"]                 # the embedding was sanitized
     assert sanitized["digest"] == encoded["digest"]               # the one-node encoder agrees
 
