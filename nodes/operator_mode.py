@@ -19,6 +19,7 @@ import functools
 import inspect
 import logging
 import os
+import sys
 from collections import OrderedDict
 from pathlib import Path
 from typing import Optional
@@ -174,7 +175,8 @@ class Enforcer:
                                     policy.min_intensity, policy.concepts)
             if plan.keep:
                 out.append(entry)
-                self._record(key, {**plan.mark.record(), "file": name, "erased_tokens": None})
+                self._record(key, {**plan.mark.record(), "file": name, "erased_tokens": None,
+                                   "replaced_node_sanitizing": False})
                 continue
             extras = dict(entry)
             if plan.pooled is not None:
@@ -208,13 +210,16 @@ class Enforcer:
         return {**self.summary(), "sanitized": done}
 
 
+def _prompt_server():
+    """ComfyUI's running PromptServer, or None (imported outside a server: tests, scripts).
+    Looked up, never imported: importing ComfyUI's server module has side effects."""
+    server = sys.modules.get("server")
+    return getattr(getattr(server, "PromptServer", None), "instance", None)
+
+
 def _executing():
     """(prompt id, node id) ComfyUI is executing, as its server tracks them."""
-    try:
-        from server import PromptServer
-        instance = PromptServer.instance
-    except (ImportError, AttributeError):
-        return None, None
+    instance = _prompt_server()
     return getattr(instance, "last_prompt_id", None), getattr(instance, "last_node_id", None)
 
 
@@ -287,12 +292,11 @@ def install_records(enforcer: Enforcer, execution_module, nodes_module) -> None:
 
 
 def add_route(state) -> None:
-    try:
-        from aiohttp import web
-        from server import PromptServer
-        routes = PromptServer.instance.routes
-    except (ImportError, AttributeError):
-        return          # imported outside a running server (tests, scripts)
+    instance = _prompt_server()
+    if instance is None:
+        return
+    from aiohttp import web
+    routes = instance.routes
 
     @routes.get(ROUTE)
     async def operator_state(request):

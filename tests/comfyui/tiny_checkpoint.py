@@ -1,5 +1,5 @@
-"""Random-weight checkpoints of the real single-file layout, made with ComfyUI's own classes, that
-ComfyUI detects as SD 1.x (or, UNet only, SD 2.x) and samples on the CPU in about a second.
+"""A random-weight checkpoint of the real single-file layout, made with ComfyUI's own classes, that
+ComfyUI detects as SD 1.x and samples on the CPU in about a second.
 
 The UNet keeps the real channel width and context size (what model detection reads) but has one
 resolution level and one block per level; the VAE and CLIP-L text encoder are full size.
@@ -16,8 +16,6 @@ UNET_SD1 = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_s
             "num_res_blocks": [1], "transformer_depth": [1], "channel_mult": [1], "transformer_depth_middle": 1,
             "use_linear_in_transformer": False, "context_dim": 768, "num_heads": 8,
             "transformer_depth_output": [1, 1], "use_temporal_attention": False, "use_temporal_resblock": False}
-UNET_SD2 = {**UNET_SD1, "use_linear_in_transformer": True, "context_dim": 1024, "num_heads": -1,
-            "num_head_channels": 64}
 VAE = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
        "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
 
@@ -58,11 +56,3 @@ def write_sd1_checkpoint(path: Path, seed: int = 0) -> Path:
     save_file({k: v.half().contiguous() for k, v in state.items()}, str(path))
     return path
 
-
-def write_sd2_unet(path: Path, seed: int = 0) -> Path:
-    """A bare SD 2.x UNet (for UNETLoader): its text-encoder family differs from SD 1.x."""
-    from safetensors.torch import save_file
-    with torch.no_grad():
-        state = _random(_unet(UNET_SD2), seed)
-    save_file({k: v.half().contiguous() for k, v in state.items()}, str(path))
-    return path
