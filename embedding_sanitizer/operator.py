@@ -6,6 +6,7 @@ The configuration is a JSON file that only the operator can write (see README, "
     {"sanitizers": {"sd1-clip-l": "sd15.safetensors",
                     "sdxl-clip-lg": {"file": "/srv/sanitizers/sdxl.safetensors", "sha256": "..."}},
      "min_intensity": 1.0,
+     "threshold": 0.5,
      "concepts": ["nudity", "violence"]}
 
 Relative file names are resolved against the configuration file's folder, never against a folder
@@ -29,9 +30,11 @@ from typing import Any, Mapping, Optional
 
 import torch
 
+from .model import DEFAULT_THRESHOLD
+
 MARK_KEY = "embedding_sanitizer"
 MAX_INTENSITY = 4.0            # the nodes' slider range; beyond it every gate is already saturated
-_KEYS = {"sanitizers", "min_intensity", "concepts"}
+_KEYS = {"sanitizers", "min_intensity", "threshold", "concepts"}
 
 
 class OperatorConfigError(ValueError):
@@ -48,6 +51,7 @@ class SanitizerSpec:
 class OperatorPolicy:
     sanitizers: Mapping[str, SanitizerSpec]      # encoder family -> weight file
     min_intensity: float
+    threshold: float                             # the highest threshold allowed (lower is stronger)
     concepts: Optional[tuple[str, ...]]          # None = every concept of each weight file
     source: Path                                 # the configuration file
 
@@ -87,6 +91,10 @@ def parse_operator_config(data: Any, source: os.PathLike | str) -> OperatorPolic
             or not math.isfinite(min_intensity) or not 0 < min_intensity <= MAX_INTENSITY:
         raise OperatorConfigError(f"{where}: 'min_intensity' must be a number above 0 and at most "
                                   f"{MAX_INTENSITY:g}, got {min_intensity!r}")
+    threshold = data.get("threshold", DEFAULT_THRESHOLD)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
+            or not math.isfinite(threshold) or not 0 <= threshold < 1:
+        raise OperatorConfigError(f"{where}: 'threshold' must be a number from 0 to below 1, got {threshold!r}")
     concepts = data.get("concepts")
     if concepts is not None:
         if not isinstance(concepts, list) or not concepts or \
@@ -94,7 +102,7 @@ def parse_operator_config(data: Any, source: os.PathLike | str) -> OperatorPolic
             raise OperatorConfigError(f"{where}: 'concepts' must be a non-empty list of concept names "
                                       f"(or absent for every concept of each weight file)")
         concepts = tuple(dict.fromkeys(c.strip() for c in concepts))
-    return OperatorPolicy(sanitizers, float(min_intensity), concepts, source)
+    return OperatorPolicy(sanitizers, float(min_intensity), float(threshold), concepts, source)
 
 
 def _spec(entry: Any, base: Path, where: str) -> SanitizerSpec:
@@ -181,21 +189,25 @@ class Plan:
     embedding: torch.Tensor                  # what to sanitize (the unsanitized original if known)
     pooled: Optional[torch.Tensor]
     intensity: float
+    threshold: float
     mark: Optional[SanitizedMark]            # the mark that vouches for the entry, if any
 
 
-def enforcement_plan(mark: Any, embedding, pooled, fingerprint: str, min_intensity: float,
-                     concepts: Optional[tuple[str, ...]]) -> Plan:
+def enforcement_plan(mark: Any, embedding, pooled, fingerprint: str, policy: OperatorPolicy) -> Plan:
     """Keep an entry a workflow's node sanitized with the operator's own weights, at least the
-    minimum intensity, threshold 0 and every required concept; otherwise sanitize again, from
-    the original embedding when a mark vouches for the entry (so sanitizing is never stacked).
-    A workflow's node can only make it stronger: its intensity is kept when above the minimum."""
+    minimum intensity, at most the operator's threshold and every required concept; otherwise
+    sanitize again, from the original embedding when a mark vouches for the entry (so sanitizing
+    is never stacked). A workflow's node can only make it stronger: a higher intensity or lower
+    threshold it chose is kept."""
+    minimum = Plan(False, embedding, pooled, policy.min_intensity, policy.threshold, None)
     if not isinstance(mark, SanitizedMark) or not mark.vouches_for(embedding, pooled):
-        return Plan(False, embedding, pooled, min_intensity, None)
+        return minimum
     base_pooled = mark.source_pooled if mark.uses_pooled else pooled
     if mark.fingerprint != fingerprint:     # another sanitizer (perhaps one a user trained)
-        return Plan(False, mark.source, base_pooled, min_intensity, mark)
+        return replace(minimum, embedding=mark.source, pooled=base_pooled, mark=mark)
+    concepts = policy.concepts
     covers = mark.concepts is None or (concepts is not None and set(concepts) <= set(mark.concepts))
-    if mark.intensity >= min_intensity and mark.threshold == 0 and covers:
-        return Plan(True, embedding, pooled, mark.intensity, mark)
-    return Plan(False, mark.source, base_pooled, max(min_intensity, mark.intensity), mark)
+    if mark.intensity >= policy.min_intensity and mark.threshold <= policy.threshold and covers:
+        return Plan(True, embedding, pooled, mark.intensity, mark.threshold, mark)
+    return Plan(False, mark.source, base_pooled, max(policy.min_intensity, mark.intensity),
+                min(policy.threshold, mark.threshold), mark)

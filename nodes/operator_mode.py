@@ -108,8 +108,9 @@ class Enforcer:
             LOG.error("Embedding Sanitizer: operator enforcement is ON but its configuration is unusable; "
                       "every prompt will be refused: %s", self.error)
             return
-        LOG.warning("Embedding Sanitizer: operator enforcement is ON (%s): minimum intensity %g, concepts %s",
-                    self.config_path, self.policy.min_intensity, ", ".join(self.policy.concepts or ["all"]))
+        LOG.warning("Embedding Sanitizer: operator enforcement is ON (%s): minimum intensity %g, threshold "
+                    "at most %g, concepts %s", self.config_path, self.policy.min_intensity, self.policy.threshold,
+                    ", ".join(self.policy.concepts or ["all"]))
         for family, info in self.files.items():
             if family in self.load_errors:
                 LOG.error("Embedding Sanitizer: %s -> %s NOT LOADED, its prompts will be refused: %s",
@@ -124,7 +125,8 @@ class Enforcer:
             return {"enforced": True, "ready": False, "problem": "the operator configuration is unusable; "
                     "every prompt is refused (details in the server log)"}
         return {"enforced": True, "ready": not self.load_errors,
-                "min_intensity": self.policy.min_intensity, "concepts": list(self.policy.concepts or []) or "all",
+                "min_intensity": self.policy.min_intensity, "threshold": self.policy.threshold,
+                "concepts": list(self.policy.concepts or []) or "all",
                 "sanitizers": {family: {"file": info["file"], "sha256": info["sha256"][:16],
                                         "loaded": family in self.models}
                                for family, info in self.files.items()}}
@@ -132,7 +134,7 @@ class Enforcer:
     def summary(self) -> dict:
         """The policy as saved images and the history record it (file names, no paths)."""
         state = self.state()
-        return {key: state[key] for key in ("enforced", "min_intensity", "concepts", "sanitizers") if key in state}
+        return {key: state[key] for key in ("enforced", "min_intensity", "threshold", "concepts", "sanitizers") if key in state}
 
     # ------------------------------------------------------------------ the choke point
 
@@ -171,8 +173,7 @@ class Enforcer:
                 raise SanitizingRefused(f"Embedding Sanitizer (operator mode) refused to sample: an entry of "
                                         f"the '{key}' conditioning has no text embedding to sanitize")
             pooled = entry.get("pooled_output")
-            plan = enforcement_plan(entry.get(MARK_KEY), embedding, pooled, weights_fingerprint(model),
-                                    policy.min_intensity, policy.concepts)
+            plan = enforcement_plan(entry.get(MARK_KEY), embedding, pooled, weights_fingerprint(model), policy)
             if plan.keep:
                 out.append(entry)
                 self._record(key, {**plan.mark.record(), "file": name, "erased_tokens": None,
@@ -182,7 +183,7 @@ class Enforcer:
             if plan.pooled is not None:
                 extras["pooled_output"] = plan.pooled
             [[new_embedding, new_extras]], _, ui = sanitize_conditioning(
-                [[plan.embedding, extras]], model, plan.intensity, 0.0, None, concepts=policy.concepts)
+                [[plan.embedding, extras]], model, plan.intensity, plan.threshold, None, concepts=policy.concepts)
             new_extras["cross_attn"] = new_embedding
             model_conds = new_extras.get("model_conds")
             if isinstance(model_conds, dict) and "c_crossattn" in model_conds:   # ComfyUI 2024 fills it early

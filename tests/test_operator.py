@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from embedding_sanitizer import EmbeddingSanitizer, SanitizerConfig
+from embedding_sanitizer.model import DEFAULT_THRESHOLD
 from embedding_sanitizer.operator import (MARK_KEY, OperatorConfigError, enforcement_plan, mark_sanitized,
                                           parse_operator_config, read_operator_config, weights_fingerprint,
                                           with_operator)
@@ -16,20 +17,25 @@ from embedding_sanitizer.operator import (MARK_KEY, OperatorConfigError, enforce
 DIGEST = "ab" * 32
 
 
+def policy(min_intensity=1.0, threshold=0.5, concepts=None):
+    return parse_operator_config({"sanitizers": {"sd1-clip-l": "a.safetensors"}, "min_intensity": min_intensity,
+                                  "threshold": threshold, **({"concepts": concepts} if concepts else {})}, "c.json")
+
+
 def test_config_resolves_relative_files_next_to_itself(tmp_path):
-    policy = parse_operator_config({"sanitizers": {"sd1-clip-l": "sd1.safetensors",
+    config = parse_operator_config({"sanitizers": {"sd1-clip-l": "sd1.safetensors",
                                                    "sdxl-clip-lg": {"file": "/srv/x.safetensors", "sha256": DIGEST.upper()}},
                                     "min_intensity": 1.5, "concepts": ["nudity", "nudity", " violence "]},
                                    tmp_path / "operator.json")
-    assert policy.sanitizers["sd1-clip-l"].path == tmp_path / "sd1.safetensors"
-    assert str(policy.sanitizers["sdxl-clip-lg"].path) == "/srv/x.safetensors"
-    assert policy.sanitizers["sdxl-clip-lg"].sha256 == DIGEST
-    assert policy.min_intensity == 1.5 and policy.concepts == ("nudity", "violence")
+    assert config.sanitizers["sd1-clip-l"].path == tmp_path / "sd1.safetensors"
+    assert str(config.sanitizers["sdxl-clip-lg"].path) == "/srv/x.safetensors"
+    assert config.sanitizers["sdxl-clip-lg"].sha256 == DIGEST
+    assert config.min_intensity == 1.5 and config.concepts == ("nudity", "violence")
 
 
-def test_config_defaults_to_intensity_one_and_every_concept(tmp_path):
-    policy = parse_operator_config({"sanitizers": {"sd1-clip-l": "a.safetensors"}}, tmp_path / "c.json")
-    assert policy.min_intensity == 1.0 and policy.concepts is None
+def test_config_defaults_to_intensity_one_the_hosts_threshold_and_every_concept(tmp_path):
+    config = parse_operator_config({"sanitizers": {"sd1-clip-l": "a.safetensors"}}, tmp_path / "c.json")
+    assert config.min_intensity == 1.0 and config.threshold == DEFAULT_THRESHOLD and config.concepts is None
 
 
 @pytest.mark.parametrize("data, fragment", [
@@ -42,6 +48,9 @@ def test_config_defaults_to_intensity_one_and_every_concept(tmp_path):
     ({"sanitizers": {"sd1-clip-l": "a"}, "min_intensity": 1e9}, "at most"),
     ({"sanitizers": {"sd1-clip-l": "a"}, "min_intensity": True}, "above 0"),
     ({"sanitizers": {"sd1-clip-l": "a"}, "min_intensity": "1"}, "above 0"),
+    ({"sanitizers": {"sd1-clip-l": "a"}, "threshold": 1.0}, "below 1"),
+    ({"sanitizers": {"sd1-clip-l": "a"}, "threshold": -0.1}, "below 1"),
+    ({"sanitizers": {"sd1-clip-l": "a"}, "threshold": math.inf}, "below 1"),
     ({"sanitizers": {"sd1-clip-l": "a"}, "concepts": []}, "non-empty list"),
     ({"sanitizers": {"sd1-clip-l": "a"}, "concepts": "nudity"}, "non-empty list"),
     ({"sanitizers": {"sd1-clip-l": "a"}, "concepts": [""]}, "non-empty list"),
@@ -81,7 +90,7 @@ def sanitizer(pooled_dim=0, seed=0):
     return model.eval()
 
 
-def marked(model, intensity=1.0, threshold=0.0, concepts=None, pooled=False):
+def marked(model, intensity=1.0, threshold=0.5, concepts=None, pooled=False):
     embedding = torch.randn(1, 77, 16)
     source_pooled = torch.randn(1, 8) if pooled else None
     result = model.sanitize(embedding, source_pooled, intensity=intensity, threshold=threshold, concepts=concepts)
@@ -97,55 +106,57 @@ def test_fingerprint_is_the_weights_not_the_object():
 
 def test_an_unmarked_entry_is_sanitized_at_the_minimum():
     emb = torch.randn(1, 77, 16)
-    plan = enforcement_plan(None, emb, None, "f", 1.0, None)
-    assert not plan.keep and plan.embedding is emb and plan.intensity == 1.0 and plan.mark is None
-    plan = enforcement_plan("forged", emb, None, "f", 1.0, None)     # anything but a real mark
+    plan = enforcement_plan(None, emb, None, "f", policy(threshold=0.25))
+    assert not plan.keep and plan.embedding is emb and plan.mark is None
+    assert (plan.intensity, plan.threshold) == (1.0, 0.25)
+    plan = enforcement_plan("forged", emb, None, "f", policy())     # anything but a real mark
     assert not plan.keep and plan.embedding is emb
 
 
 def test_a_mark_with_the_operators_weights_at_the_minimum_is_kept():
     model = sanitizer()
-    mark, source, result = marked(model, intensity=1.5)
-    plan = enforcement_plan(mark, result.embedding, None, weights_fingerprint(model), 1.0, ("nudity",))
+    mark, source, result = marked(model, intensity=1.5, threshold=0.2)
+    plan = enforcement_plan(mark, result.embedding, None, weights_fingerprint(model), policy(concepts=["nudity"]))
     assert plan.keep and plan.embedding is result.embedding
 
 
-@pytest.mark.parametrize("kwargs", [{"intensity": 0.0}, {"intensity": 0.5}, {"threshold": 0.3},
-                                    {"concepts": ("violence",)}])
-def test_weaker_node_sanitizing_is_redone_from_the_original(kwargs):
+@pytest.mark.parametrize("kwargs, intensity, threshold", [
+    ({"intensity": 0.0}, 1.0, 0.5), ({"intensity": 0.5, "threshold": 0.1}, 1.0, 0.1),
+    ({"intensity": 2.0, "threshold": 0.9}, 2.0, 0.5), ({"concepts": ("violence",)}, 1.0, 0.5)])
+def test_weaker_node_sanitizing_is_redone_from_the_original(kwargs, intensity, threshold):
     model = sanitizer()
     mark, source, result = marked(model, **kwargs)
-    plan = enforcement_plan(mark, result.embedding, None, weights_fingerprint(model), 1.0, None)
+    plan = enforcement_plan(mark, result.embedding, None, weights_fingerprint(model), policy())
     assert not plan.keep and plan.embedding is source
-    assert plan.intensity == max(1.0, kwargs.get("intensity", 1.0))
+    assert (plan.intensity, plan.threshold) == (intensity, threshold)     # whichever is stronger
 
 
 def test_another_sanitizers_work_is_redone_from_the_original_at_the_minimum():
     mine, theirs = sanitizer(seed=0), sanitizer(seed=1)
     mark, source, result = marked(theirs, intensity=3.0)
-    plan = enforcement_plan(mark, result.embedding, None, weights_fingerprint(mine), 1.0, None)
-    assert not plan.keep and plan.embedding is source and plan.intensity == 1.0
+    plan = enforcement_plan(mark, result.embedding, None, weights_fingerprint(mine), policy())
+    assert not plan.keep and plan.embedding is source and (plan.intensity, plan.threshold) == (1.0, 0.5)
 
 
 def test_a_mark_only_vouches_for_its_own_tensors():
     model = sanitizer(pooled_dim=8)
     mark, source, result = marked(model, pooled=True)
     fingerprint = weights_fingerprint(model)
-    assert enforcement_plan(mark, result.embedding, result.pooled, fingerprint, 1.0, None).keep
+    assert enforcement_plan(mark, result.embedding, result.pooled, fingerprint, policy()).keep
     # Concatenated with unsanitized text, or the same values in a new tensor: not vouched for.
     for embedding in (torch.cat([result.embedding, torch.randn(1, 77, 16)], 1), result.embedding.clone()):
-        plan = enforcement_plan(mark, embedding, result.pooled, fingerprint, 1.0, None)
+        plan = enforcement_plan(mark, embedding, result.pooled, fingerprint, policy())
         assert not plan.keep and plan.embedding is embedding and plan.mark is None
     # An unsanitized pooled output swapped in (SDXL's pooled output steers the image).
     swapped = torch.randn(1, 8)
-    plan = enforcement_plan(mark, result.embedding, swapped, fingerprint, 1.0, None)
+    plan = enforcement_plan(mark, result.embedding, swapped, fingerprint, policy())
     assert not plan.keep and plan.pooled is swapped
 
 
 def test_a_mark_without_pooled_ignores_the_unused_pooled_output():
     model = sanitizer(pooled_dim=0)       # SD 1.x: its pooled output is not used by the UNet
     mark, _, result = marked(model)
-    assert enforcement_plan(mark, result.embedding, torch.randn(1, 8), weights_fingerprint(model), 1.0, None).keep
+    assert enforcement_plan(mark, result.embedding, torch.randn(1, 8), weights_fingerprint(model), policy()).keep
 
 
 def test_operator_marks_record_the_file_without_tensors():

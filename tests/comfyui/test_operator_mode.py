@@ -132,11 +132,13 @@ def test_choke_point_sanitizes_all_but_the_negative(operator_mode, config, sd1_c
 def test_result_equals_the_pack_node_with_the_operators_file(operator_mode, config, nodes, sd1_clip,
                                                             clip_text_encode):
     from embedding_sanitizer import load_sanitizer
+    from embedding_sanitizer.model import DEFAULT_THRESHOLD
     enforcer = operator_mode.Enforcer(config)
     positive = encode(clip_text_encode, sd1_clip, PROMPT)
     [entry] = enforcer.enforce(base_model("SD15"), "positive", converted(positive))
     node = nodes["EmbeddingSanitizerApply"]()
-    expected = node.sanitize(positive, load_sanitizer(config.parent / "sd1.safetensors"), 1.0, 0.0)["result"][0]
+    sanitizer = load_sanitizer(config.parent / "sd1.safetensors")
+    expected = node.sanitize(positive, sanitizer, 1.0, DEFAULT_THRESHOLD)["result"][0]
     assert torch.equal(entry["cross_attn"], expected[0][0])
     # Already sanitized by the node with the operator's weights at the minimum: passed on untouched.
     [again] = enforcer.enforce(base_model("SD15"), "positive", converted(expected))

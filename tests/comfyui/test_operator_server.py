@@ -27,6 +27,7 @@ NEGATIVE = "blurry, low quality, watermark"
 MIDDLE = "a naked man covered in gore"
 CKPT = "tiny-sd1.safetensors"
 OPERATOR_FILE = "sd1-operator.safetensors"
+THRESHOLD = 0.3            # the operator's (not the default), so the tests see it applied
 
 PROBE_NODES = '''
 import os
@@ -126,7 +127,8 @@ def write_config(folder: Path, sanitizers: dict, **extra) -> Path:
 @pytest.fixture(scope="module")
 def enforced(checkpoint, sanitizer_files_e2e, tmp_path_factory):
     base = make_base(tmp_path_factory.mktemp("enforced"), checkpoint, sanitizer_files_e2e, pack=True)
-    config = write_config(base / "operator_conf", {"sd1-clip-l": OPERATOR_FILE}, min_intensity=1.0)
+    config = write_config(base / "operator_conf", {"sd1-clip-l": OPERATOR_FILE}, min_intensity=1.0,
+                          threshold=THRESHOLD)
     shutil.copy(sanitizer_files_e2e / OPERATOR_FILE, config.parent / OPERATOR_FILE)
     with launched(base, config) as url:
         yield url, base
@@ -151,7 +153,7 @@ def node_sanitized(graph, tag, source, intensity, name):
     """The pack's own nodes on `source`, and a dump of their output."""
     graph["san_loader"] = {"class_type": "EmbeddingSanitizerLoader", "inputs": {"sanitizer_name": OPERATOR_FILE}}
     graph[name] = {"class_type": "EmbeddingSanitizerApply", "inputs": {
-        "conditioning": [source, 0], "sanitizer": ["san_loader", 0], "intensity": intensity, "threshold": 0.0}}
+        "conditioning": [source, 0], "sanitizer": ["san_loader", 0], "intensity": intensity, "threshold": THRESHOLD}}
     graph[f"dump_{name}"] = {"class_type": "ConditioningDump", "inputs": {"conditioning": [name, 0],
                                                                           "name": f"{tag}-{name}"}}
     return [name, 0]
@@ -233,6 +235,7 @@ def test_startup_log_route_and_badge(enforced):
     assert "every prompt is sanitized at comfy.samplers." in log
     state = get(url + "/embedding_sanitizer/operator")
     assert state["enforced"] is True and state["ready"] is True and state["min_intensity"] == 1.0
+    assert state["threshold"] == THRESHOLD
     assert state["sanitizers"]["sd1-clip-l"]["file"] == OPERATOR_FILE and state["sanitizers"]["sd1-clip-l"]["loaded"]
     assert str(base) not in json.dumps(state)                   # no paths to any client
     assert any(e.endswith("/js/operator_badge.js") for e in get(url + "/extensions"))
@@ -253,7 +256,8 @@ def test_plain_ksampler_is_sanitized_and_recorded(enforced):
     assert record["enforced"] is True and record["min_intensity"] == 1.0
     done = [r for r in record["sanitized"] if r["node"] == "sampler"]
     assert [r["input"] for r in done] == ["positive"]
-    assert done[0]["file"] == OPERATOR_FILE and done[0]["intensity"] == 1.0 and done[0]["by"] == "operator"
+    assert done[0]["file"] == OPERATOR_FILE and done[0]["by"] == "operator"
+    assert (done[0]["intensity"], done[0]["threshold"]) == (1.0, THRESHOLD)
     image = entry["outputs"]["save"]["images"][0]
     with Image.open(base / "output" / image["subfolder"] / image["filename"]) as png:
         saved = json.loads(png.text["embedding_sanitizer"])
@@ -269,7 +273,7 @@ def test_pack_nodes_below_the_minimum_are_overridden(enforced, intensity):
     graph = base_graph(t)
     weak = node_sanitized(graph, t, "pos", intensity, "weak")
     graph["expected_node"] = {"class_type": "EmbeddingSanitizerApply", "inputs": {
-        "conditioning": ["pos", 0], "sanitizer": ["san_loader", 0], "intensity": 1.0, "threshold": 0.0}}
+        "conditioning": ["pos", 0], "sanitizer": ["san_loader", 0], "intensity": 1.0, "threshold": THRESHOLD}}
     graph["dump_expected"] = {"class_type": "ConditioningDump", "inputs": {"conditioning": ["expected_node", 0],
                                                                           "name": f"{t}-expected"}}
     entry = run(url, ksampler(graph, weak, seed=2))
@@ -339,7 +343,7 @@ def guider_graph(kind: str, t: str):
         graph["mid"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": MIDDLE}}
         graph["dump_mid"] = {"class_type": "ConditioningDump", "inputs": {"conditioning": ["mid", 0], "name": f"{t}-plain-mid"}}
         graph["mid_expected"] = {"class_type": "EmbeddingSanitizerApply", "inputs": {
-            "conditioning": ["mid", 0], "sanitizer": ["san_loader", 0], "intensity": 1.0, "threshold": 0.0}}
+            "conditioning": ["mid", 0], "sanitizer": ["san_loader", 0], "intensity": 1.0, "threshold": THRESHOLD}}
         graph["dump_mid_expected"] = {"class_type": "ConditioningDump", "inputs": {
             "conditioning": ["mid_expected", 0], "name": f"{t}-mid-expected"}}
         guider = {"class_type": "DualCFGGuider", "inputs": {"model": ["log", 0], "cond1": ["pos", 0], "cond2": ["mid", 0],
