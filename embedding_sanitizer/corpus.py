@@ -283,13 +283,6 @@ def _anchor_of_length(length: int, by_length: dict[int, list[str]], rng: random.
     return None
 
 
-def noisy_anchor_prompt(rng: random.Random, concepts: Sequence[Concept]) -> str:
-    """A pair template filled with a misspelled or spaced-out anchor."""
-    anchor = rng.choice(rng.choice(concepts).anchors)
-    noisy = space_out(anchor, rng) if rng.random() < 0.25 else misspell(anchor, rng)
-    return fill(rng.choice(material()["TEMPLATES"]), rng, noisy)
-
-
 def weak_examples(concepts: Sequence[Concept]) -> tuple[list[str], list[list[float]]]:
     """I2P training prompts with a prompt-level label per concept (UNKNOWN where I2P says nothing).
 
@@ -339,12 +332,9 @@ def build_corpus(concepts: Sequence[Concept], count_tokens, pairs_per_concept: i
                  seed: int, weak_prompts: int) -> Corpus:
     pairs = [ex for i, c in enumerate(concepts)
              for ex in make_pairs(c, pairs_per_concept, seed + i, count_tokens)]
-    # Anchor twins are benign too: they teach that the rest of an unsafe prompt is harmless,
-    # and, misspelled, that a garbled word where a term could stand is not a term.
-    rng = random.Random(seed + 3)
-    twins = [ex.anchor for ex in pairs[::4]]
-    noisy_twins = [noisy_anchor_prompt(rng, concepts) for _ in range(len(twins))]
-    benign_list = list(dict.fromkeys(benign_prompts(benign, seed, concepts) + twins + noisy_twins))
+    # Anchor twins are benign too: they teach that the rest of an unsafe prompt is harmless.
+    benign_list = list(dict.fromkeys(benign_prompts(benign, seed, concepts)
+                                     + [ex.anchor for ex in pairs[::4]]))
     weak, weak_labels = weak_examples(concepts)
     if len(weak) > weak_prompts:
         keep = sorted(random.Random(seed).sample(range(len(weak)), weak_prompts))
