@@ -20,6 +20,8 @@ from typing import Optional, Protocol, Sequence, Union
 
 import torch
 
+from . import families
+
 
 @dataclass
 class EncodedBatch:
@@ -228,7 +230,7 @@ class CLIPEncoder:
         self.tokenizer = clip_tokenizer()
         widths = [m.config.hidden_size for m in models]
         self.embed_dim = sum(widths)
-        self.pooled_dim = widths[-1] if family == "sdxl-clip-lg" else 0
+        self.pooled_dim = families.FAMILIES[family].pooled_dim
         # As ComfyUI does: OpenCLIP towers (H, bigG) pad with 0, CLIP-L with end-of-text.
         self.pad_ids = [EOS if w == 768 else 0 for w in widths]
 
@@ -280,7 +282,7 @@ class CLIPEncoder:
 def random_clip_encoder(family: str, layers: Optional[int] = None, seed: int = 0,
                         device: Optional[str] = None) -> CLIPEncoder:
     """A CLIP encoder of the real architecture with random weights (tests, benchmarks)."""
-    widths = {"sd1-clip-l": [768], "sd2-clip-h": [1024], "sdxl-clip-lg": [768, 1280]}[family]
+    widths = families.FAMILIES[family].clip_widths
     torch.manual_seed(seed)
     return CLIPEncoder(family, [_clip_model(w, layers) for w in widths],
                        f"random {family}", device)

@@ -132,9 +132,6 @@ class EmbeddingSanitizer(nn.Module):
             raise SanitizerShapeError(
                 f"embedding has {tokens} tokens, expected a multiple of {cfg.chunk_length} "
                 f"(chunks of {cfg.chunk_length} tokens, as {cfg.encoder_family} encoders produce)")
-        if not cfg.chunk_length and tokens > cfg.max_tokens:
-            raise SanitizerShapeError(
-                f"embedding has {tokens} tokens, this sanitizer handles at most {cfg.max_tokens}")
         if pooled is not None and cfg.pooled_dim:
             if pooled.shape != (embedding.shape[0], cfg.pooled_dim):
                 raise SanitizerShapeError(
@@ -147,20 +144,22 @@ class EmbeddingSanitizer(nn.Module):
         x = embedding.float()
         valid = (torch.ones(batch, tokens, dtype=torch.bool, device=x.device)
                  if attention_mask is None else attention_mask.to(x.device, torch.bool))
-        span = self.config.chunk_length or tokens
-        chunks = tokens // span
-        x = x.reshape(batch * chunks, span, dim)
-        chunk_valid = valid.reshape(batch * chunks, span)
+        # CLIP families: independent 77-token chunks. Whole-sequence families (T5, LLMs): a sequence
+        # longer than the position table is read in windows of max_tokens, the last one padded.
+        span = self.config.chunk_length or min(tokens, self.config.max_tokens)
+        padding = -tokens % span
+        chunks = (tokens + padding) // span
+        x = nn.functional.pad(x, (0, 0, 0, padding)).reshape(batch * chunks, span, dim)
+        chunk_valid = nn.functional.pad(valid, (0, padding), value=False).reshape(batch * chunks, span)
         h = self.project(self.input_norm(x)) + self.position[:span]
         # A fully masked chunk would make attention produce NaNs; let it attend to itself.
         empty = ~chunk_valid.any(dim=1, keepdim=True)
         h = self.backbone(h, src_key_padding_mask=~(chunk_valid | empty))
-        h = self.output_norm(h)
-        scores = torch.sigmoid(self.score_head(h)).reshape(batch, tokens, -1)
-        delta = self.sanitize_head(h).reshape(batch, tokens, dim)
+        h = self.output_norm(h).reshape(batch, tokens + padding, -1)[:, :tokens]
+        scores = torch.sigmoid(self.score_head(h))
+        delta = self.sanitize_head(h)
         pooled_delta = None
         if self.config.pooled_dim:
-            h = h.reshape(batch, tokens, -1)
             logits = self.pool_query(h).squeeze(-1).masked_fill(~valid, -math.inf)
             weights = torch.softmax(logits, dim=1).nan_to_num(0.0)
             pooled_delta = self.pooled_head(torch.einsum("bt,btd->bd", weights, h))

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import torch
 
+from . import families
 from .model import DEFAULT_THRESHOLD
 
 SECTION = ("embedding_sanitizer", "Embedding Sanitizer")
@@ -51,7 +52,7 @@ PASTE_NAMES = {OPT_WEIGHTS: "Embedding Sanitizer weights", OPT_THRESHOLD: "Embed
 RESTRICTED_OPTIONS = (OPT_ENFORCE, OPT_ENFORCE_INTENSITY, OPT_DEBUG_LOG)
 
 # Which sanitizer family fits which model; keys are what `model_family` returns.
-MODEL_FAMILIES = {"sd1": "sd1-clip-l", "sd2": "sd2-clip-h", "sdxl": "sdxl-clip-lg"}
+MODEL_FAMILIES = families.webui_families()
 POOLED_IN_VECTOR = {"sdxl-clip-lg": 1280}
 
 

@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from ..families import FAMILIES
 from ..model import EmbeddingSanitizer, SanitizerConfig
 
 COST_PROMPTS = [
@@ -96,7 +97,7 @@ def _measure(encoder, model, prompts, repeats, batch) -> dict:
 def sized_like(model: Optional[EmbeddingSanitizer], family: str) -> EmbeddingSanitizer:
     """A sanitizer for a full-size family with the backbone size of `model` (the default
     weights), random weights; the sanitize heads are made non-zero so no path is skipped."""
-    dims = {"sd1-clip-l": (768, 0), "sd2-clip-h": (1024, 0), "sdxl-clip-lg": (2048, 1280)}[family]
+    dims = (FAMILIES[family].embed_dim, FAMILIES[family].pooled_dim)
     base = model.config if model is not None else SanitizerConfig(embed_dim=384)
     cfg = SanitizerConfig(embed_dim=dims[0], pooled_dim=dims[1], chunk_length=77, max_tokens=77,
                           concepts=base.concepts, width=base.width, layers=base.layers, heads=base.heads,

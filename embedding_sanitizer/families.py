@@ -1,0 +1,82 @@
+"""The text-encoder families a sanitizer can belong to: the one table every host imports.
+
+A sanitizer is trained on one text encoder's rows and only fits that encoder. Width alone
+cannot tell encoders apart (CLIP-L and T5-base are both 768 wide; T5-XXL rows and SD3's
+zero-padded CLIP rows are both 4096 wide), so a family is named by an id recorded in the
+weight file, and recognised from what a host loaded: ComfyUI's text-encoder class, the
+conditioning's row width and the width of the pooled vector it carries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class Family:
+    id: str                              # recorded in weight files; never rename one
+    label: str                           # what users read in messages
+    embed_dim: int                       # width of the rows the image model reads
+    pooled_dim: int                      # width of the pooled vector the image model reads; 0 = none
+    chunk_length: int                    # 77: independent CLIP chunks; 0: one whole sequence
+    conditioning_pooled: Optional[int]   # width of the pooled vector a ComfyUI conditioning carries
+    clip_widths: tuple[int, ...] = ()    # CLIP towers the engine's CLIPEncoder builds, in row order
+    comfy_models: tuple[str, ...] = ()   # ComfyUI text-encoder classes (CLIP.cond_stage_model)
+    webui_type: Optional[str] = None     # the A1111/Forge model type it serves
+
+
+FAMILIES: dict[str, Family] = {f.id: f for f in (
+    Family("sd1-clip-l", "SD 1.x (CLIP-L)", 768, 0, 77, 768, (768,), ("SD1ClipModel",), "sd1"),
+    Family("sd2-clip-h", "SD 2.x (OpenCLIP ViT-H)", 1024, 0, 77, 1024, (1024,), ("SD2ClipModel",), "sd2"),
+    Family("sdxl-clip-lg", "SDXL (CLIP-L + CLIP-G)", 2048, 1280, 77, 1280, (768, 1280),
+           ("SDXLClipModel",), "sdxl"),
+    Family("sdxl-refiner-clip-g", "SDXL refiner / Stable Cascade (CLIP-G)", 1280, 1280, 77, 1280, (),
+           ("SDXLRefinerClipModel", "StableCascadeClipModel")),
+    Family("sd3-clip-lg-t5xxl", "SD3 / SD3.5 (CLIP-L + CLIP-G padded to 4096, then T5-XXL)", 4096, 2048, 0,
+           2048, (), ("SD3ClipModel",)),
+    Family("flux-t5xxl-clip-l", "Flux (T5-XXL rows, CLIP-L pooled)", 4096, 768, 0, 768, (),
+           ("FluxClipModel",)),
+    Family("t5-base", "T5-base (Stable Audio)", 768, 0, 0, None, (), ("SAT5Model",)),
+    Family("minilm", "MiniLM (not an image-model encoder)", 384, 0, 0, None),
+)}
+
+
+def get(family_id: str) -> Optional[Family]:
+    return FAMILIES.get(family_id)
+
+
+def label(family_id: str) -> str:
+    family = FAMILIES.get(family_id)
+    return family.label if family else family_id
+
+
+def webui_families() -> dict[str, str]:
+    """{A1111/Forge model type: family id}."""
+    return {f.webui_type: f.id for f in FAMILIES.values() if f.webui_type}
+
+
+def comfy_family_id(model_class: str, embed_dim: int) -> str:
+    """The family of a ComfyUI text encoder: its class (ComfyUI subclasses some per load, adding
+    a trailing '_') and the width of its rows. Encoders outside the table get an id of their own."""
+    name = model_class.rstrip("_")
+    for family in FAMILIES.values():
+        if name in family.comfy_models and family.embed_dim == embed_dim:
+            return family.id
+    return f"comfyui-{name}-{embed_dim}"
+
+
+def comfy_family_label(family_id: str) -> str:
+    if family_id in FAMILIES:
+        return FAMILIES[family_id].label
+    if family_id.startswith("comfyui-"):
+        name, _, width = family_id[len("comfyui-"):].rpartition("-")
+        return f"the ComfyUI text encoder {name} (D={width})"
+    return family_id
+
+
+def from_conditioning(embed_dim: int, pooled_width: Optional[int]) -> list[Family]:
+    """The known families whose conditioning has rows this wide and a pooled vector this wide
+    (None: no pooled vector). Empty when the shape is not one of them."""
+    return [f for f in FAMILIES.values()
+            if f.embed_dim == embed_dim and f.conditioning_pooled == pooled_width and f.id != "minilm"]
