@@ -33,6 +33,24 @@ class EncodedBatch:
     attention_mask: torch.Tensor       # (B, T) bool, valid positions
 
 
+def concat_batches(parts: Sequence[EncodedBatch]) -> EncodedBatch:
+    """One batch from several: shorter ones are padded with zero rows that are neither real
+    nor valid (attention False), so a sanitizer never reads or changes them."""
+    length = max(p.embedding.shape[1] for p in parts)
+
+    def pad(t, value):
+        extra = length - t.shape[1]
+        return torch.nn.functional.pad(t, (0, 0, 0, extra) if t.dim() == 3 else (0, extra), value=value)
+
+    return EncodedBatch(
+        torch.cat([pad(p.embedding, 0.0) for p in parts]),
+        torch.cat([p.pooled for p in parts]) if parts[0].pooled is not None else None,
+        torch.cat([pad(p.token_ids, 0) for p in parts]),
+        [row + [""] * (length - len(row)) for p in parts for row in p.tokens],
+        torch.cat([pad(p.real_mask, False) for p in parts]),
+        torch.cat([pad(p.attention_mask, False) for p in parts]))
+
+
 class TextEncoder(Protocol):
     family: str
     name: str

@@ -25,6 +25,14 @@ def token_report(result: SanitizeResult, index: int, tokens: Sequence[str], real
             for t in range(len(tokens)) if real[t]]
 
 
+TOKEN_FIELDS = ("position", "token", "score", "gate", "concept", "erased")
+
+
+def token_entries(rows: list[dict]) -> list[dict]:
+    """The per-token part of a report as it is sent to UIs and written as JSON."""
+    return [{k: r[k] for k in TOKEN_FIELDS} for r in rows]
+
+
 def prompt_summary(rows: list[dict]) -> dict:
     return {"prompt_score": max((r["score"] for r in rows), default=0.0),
             "erased_tokens": sum(r["erased"] for r in rows),
@@ -34,11 +42,11 @@ def prompt_summary(rows: list[dict]) -> dict:
 def format_report(rows: list[dict], cosine: float, label: str = "") -> str:
     """A short plain-text report: prompt score, what was erased, how much the embedding moved."""
     summary = prompt_summary(rows)
-    flagged = [f"{r['token']} ({r['concept']} {r['score']:.2f})" for r in rows if r["gate"] > 0.01]
+    erased = [f"{r['token']} ({r['concept']} {r['score']:.2f})" for r in rows if r["erased"]]
     head = f"{label}: " if label else ""
     return (f"{head}prompt score {summary['prompt_score']:.2f}, erased tokens {summary['erased_tokens']}, "
             f"cosine to original {cosine:.4f}\n"
-            + ("flagged: " + ", ".join(flagged) if flagged else "flagged: none"))
+            + ("erased: " + ", ".join(erased) if erased else "erased: none"))
 
 
 _COLOURS = ((0.5, "\033[1;31m"), (0.1, "\033[33m"), (0.0, "\033[32m"))
@@ -74,6 +82,5 @@ def score_prompts(model, encoder, prompts: Sequence[str], *, intensity: float = 
             rows = token_report(result, i, encoded.tokens[i], encoded.real_mask[i])
             results.append({"prompt": prompt, **prompt_summary(rows),
                             "cosine": round(float(cosines[i]), 6),
-                            "tokens": [{k: r[k] for k in ("token", "score", "gate", "concept", "erased")}
-                                       for r in rows]})
+                            "tokens": token_entries(rows)})
     return results

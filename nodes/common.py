@@ -1,5 +1,5 @@
-"""ComfyUI glue shared by the nodes: the models/sanitizers folder, token labels,
-and running the engine over a CONDITIONING list. No tensor math lives here."""
+"""ComfyUI glue shared by the nodes: the models/sanitizers folder, the family check, and
+running the engine over a CONDITIONING list. No tensor math lives here."""
 
 from __future__ import annotations
 
@@ -8,14 +8,19 @@ import os
 import folder_paths
 import torch
 
-from embedding_sanitizer import SanitizerShapeError
+from embedding_sanitizer import SanitizerShapeError, families
+from embedding_sanitizer.conditioning import valid_rows
 from embedding_sanitizer.metrics import embedding_cosine
 from embedding_sanitizer.operator import mark_sanitized
-from embedding_sanitizer.report import format_report, prompt_summary, token_report
+from embedding_sanitizer.report import format_report, prompt_summary, token_entries, token_report
+
+from .text_encoders import clip_family, labels_for
 
 FOLDER = "sanitizers"
 EXTENSIONS = {".safetensors"}
 CATEGORY = "conditioning/sanitizer"
+# Family ids the first Train node wrote from the width alone; only the width can be checked.
+LEGACY_PREFIX = "comfyui-clip-"
 
 
 def register_folder() -> None:
@@ -32,97 +37,96 @@ def register_folder() -> None:
     folder_paths.folder_names_and_paths[FOLDER] = (paths, set(EXTENSIONS))
 
 
-def sanitizer_dirs() -> list[str]:
-    return list(folder_paths.get_folder_paths(FOLDER))
-
-
-# Which encoder a conditioning width comes from, for error messages.
-WIDTHS = {768: "SD 1.x (CLIP-L)", 1024: "SD 2.x (OpenCLIP ViT-H)", 1280: "CLIP-G alone (SDXL refiner)",
-          2048: "SDXL (CLIP-L + CLIP-G)", 4096: "T5 (SD3 / Flux)"}
-FAMILIES = {"sd1-clip-l": "SD 1.x (CLIP-L)", "sd2-clip-h": "SD 2.x (OpenCLIP ViT-H)",
-            "sdxl-clip-lg": "SDXL (CLIP-L + CLIP-G)", "minilm": "MiniLM (not an image-model encoder)"}
-
-
 def describe_sanitizer(model) -> str:
     cfg = model.config
-    return f"{FAMILIES.get(cfg.encoder_family, cfg.encoder_family)}, D={cfg.embed_dim}"
+    return f"{families.comfy_family_label(cfg.encoder_family)}, D={cfg.embed_dim}"
 
 
-def mismatch_message(model, embedding: torch.Tensor, detail: str) -> str:
+def _mismatch(model, embedding: torch.Tensor, source: str, detail: str = "") -> ValueError:
+    return ValueError(
+        f"Embedding Sanitizer mismatch: this sanitizer was trained for {describe_sanitizer(model)}, "
+        f"but the conditioning has shape {tuple(embedding.shape)}, which looks like {source}. "
+        f"Load a sanitizer trained for this text encoder (or train one with "
+        f"'Train Embedding Sanitizer')." + (f" Details: {detail}" if detail else ""))
+
+
+def check_family(model, embedding: torch.Tensor, pooled, clip=None) -> None:
+    """Refuse a conditioning from another text encoder than the sanitizer's.
+
+    With the CLIP that encoded it, its family is known exactly; without, the shapes of rows and
+    pooled vector name the family (CLIP-L and T5-base differ in the pooled vector they carry)."""
+    trained = model.config.encoder_family
+    if trained.startswith(LEGACY_PREFIX) or not (trained in families.FAMILIES or trained.startswith("comfyui-")):
+        return
     width = embedding.shape[-1]
-    source = WIDTHS.get(width, f"an encoder of width {width}")
-    return (f"Embedding Sanitizer mismatch: this sanitizer was trained for {describe_sanitizer(model)}, "
-            f"but the conditioning has shape {tuple(embedding.shape)}, which looks like {source}. "
-            f"Load a sanitizer trained for this text encoder (or train one with "
-            f"'Train Embedding Sanitizer'). Details: {detail}")
+    if clip is not None:
+        found = clip_family(clip, width)
+        if found != trained:
+            raise _mismatch(model, embedding, families.comfy_family_label(found))
+        return
+    pooled_width = pooled.shape[-1] if torch.is_tensor(pooled) else None
+    candidates = families.from_conditioning(width, pooled_width)
+    if candidates and trained not in {f.id for f in candidates}:
+        raise _mismatch(model, embedding, " or ".join(f.label for f in candidates))
 
 
-def token_labels(clip, text: str):
-    """Display string and `real` flag per conditioning row for `text` encoded by `clip`.
-
-    Row 77*c + j is chunk c, position j. BOS/EOS/padding have word_id 0.
-    """
-    tokens = clip.tokenize(text, return_word_ids=True)
-    key = "l" if "l" in tokens else next(iter(tokens))
-    tok = getattr(clip.tokenizer, f"clip_{key}", None)
-    if tok is None:
-        tok = getattr(clip.tokenizer, getattr(clip.tokenizer, "clip", ""), None)
-    inv = getattr(tok, "inv_vocab", None) or {}
-    labels, real = [], []
-    for chunk in tokens[key]:
-        for item in chunk:
-            token, word_id = item[0], item[2] if len(item) > 2 else 1
-            if isinstance(token, int):
-                labels.append(str(inv.get(token, token)).replace("</w>", ""))
-            else:
-                labels.append("<embedding>")
-            real.append(word_id != 0)
-    return labels, real
+def _width_source(width: int) -> str:
+    known = [f.label for f in families.FAMILIES.values() if f.embed_dim == width]
+    return " or ".join(known) if known else f"an encoder of width {width}"
 
 
-def sanitize_conditioning(conditioning, model, intensity: float, threshold: float, labels=None, concepts=None):
-    """A new CONDITIONING list (each dict copied, every key kept), report text and UI rows.
+def _entry_label(entry_index: int, entries: int, item: int, items: int) -> str:
+    parts = ["prompt"] if entries == 1 else [f"prompt part {entry_index + 1} of {entries}"]
+    if items > 1:
+        parts.append(f"image {item + 1}")
+    return ", ".join(parts)
 
-    `labels`: (tokens, real) from token_labels, or None to show positions by number.
-    """
+
+def sanitize_conditioning(conditioning, model, intensity: float, threshold: float, clip=None, text=None,
+                          concepts=None):
+    """A new CONDITIONING list (each dict copied, every key kept), report text and UI entries.
+
+    With `clip` and `text` (what was encoded) the scores are labelled with the prompt's tokens."""
     if not isinstance(conditioning, (list, tuple)) or not conditioning:
         raise ValueError("Sanitize Conditioning: expected a non-empty CONDITIONING list")
-    out, ui, texts = [], [], []
+    out, ui, texts, labels = [], [], [], {}
     for entry_index, entry in enumerate(conditioning):
         embedding, extras = entry[0], entry[1]
         pooled = extras.get("pooled_output")
+        check_family(model, embedding, pooled, clip)
         use_pooled = pooled if (torch.is_tensor(pooled) and model.config.pooled_dim) else None
         try:
-            result = model.sanitize(embedding, use_pooled, intensity=float(intensity),
-                                    threshold=float(threshold), concepts=concepts)
+            result = model.sanitize(embedding, use_pooled, intensity=float(intensity), threshold=float(threshold),
+                                    concepts=concepts,
+                                    attention_mask=valid_rows(embedding, extras.get("attention_mask")))
         except SanitizerShapeError as exc:
-            raise ValueError(mismatch_message(model, embedding, str(exc))) from None
+            raise _mismatch(model, embedding, _width_source(embedding.shape[-1]), str(exc)) from None
         new_extras = extras.copy()
         if use_pooled is not None:
             new_extras["pooled_output"] = result.pooled
         mark_sanitized(new_extras, model, embedding, use_pooled, result, intensity, threshold, concepts)
         out.append([result.embedding, new_extras, *entry[2:]])
 
-        rows_tokens, rows_real, labelled = _labels_for(embedding.shape[1], labels)
+        rows = embedding.shape[1]
+        if clip is not None and text is not None and rows not in labels:
+            labels[rows] = labels_for(clip, text, rows)
+        found = labels.get(rows)
+        tokens, real = found if found else ([f"#{i}" for i in range(rows)], [True] * rows)
         cosines = embedding_cosine(result.embedding, embedding)
         for b in range(embedding.shape[0]):
-            rows = token_report(result, b, rows_tokens, rows_real)
-            name = f"cond {entry_index}" + (f" item {b}" if embedding.shape[0] > 1 else "")
-            texts.append(format_report(rows, float(cosines[b]), label=name))
-            ui.append({"label": name, "labelled": labelled, **prompt_summary(rows),
-                       "cosine": round(float(cosines[b]), 6),
-                       "concepts": list(result.concepts),
-                       "tokens": [{k: r[k] for k in ("position", "token", "score", "gate", "concept", "erased")}
-                                  for r in rows]})
-    if labels is not None and not all(u["labelled"] for u in ui):
-        texts.append("note: the text does not match the conditioning's length; tokens shown by position")
-    elif labels is None:
+            report = token_report(result, b, tokens, real)
+            name = _entry_label(entry_index, len(conditioning), b, embedding.shape[0])
+            texts.append(format_report(report, float(cosines[b]), label=name))
+            ui.append({"label": name, "labelled": found is not None, **prompt_summary(report),
+                       "cosine": round(float(cosines[b]), 6), "concepts": list(result.concepts),
+                       "tokens": token_entries(report)})
+    if clip is None or text is None:
         texts.append("note: connect clip and text to label the scores with the prompt's tokens")
+    elif not all(u["labelled"] for u in ui):
+        texts.append("note: the text does not match the conditioning's rows; tokens shown by position")
     return out, "\n".join(texts), ui
 
 
-def _labels_for(length: int, labels):
-    if labels is not None and len(labels[0]) == length:
-        return labels[0], labels[1], True
-    # No usable labels: every position by number (padding cannot be told apart).
-    return [f"#{i}" for i in range(length)], [True] * length, False
+def node_output(conditioning, report: str, ui: list) -> dict:
+    """What the sanitizing nodes return: the result, and the scores for web/js/token_scores.js."""
+    return {"ui": {"token_scores": ui, "text": [report]}, "result": (conditioning, report)}

@@ -9,7 +9,7 @@ import folder_paths
 from embedding_sanitizer import WeightFileError, load_sanitizer
 from embedding_sanitizer.model import DEFAULT_THRESHOLD
 
-from .common import CATEGORY, FOLDER, register_folder, sanitize_conditioning, token_labels
+from .common import CATEGORY, FOLDER, node_output, register_folder, sanitize_conditioning
 
 register_folder()
 
@@ -30,7 +30,7 @@ def _full_path(name: str) -> str:
     return path
 
 
-class LoadEmbeddingSanitizer:
+class EmbeddingSanitizerLoader:
     DESCRIPTION = "Loads a trained Embedding Sanitizer from models/sanitizers (.safetensors)."
 
     @classmethod
@@ -63,9 +63,10 @@ class LoadEmbeddingSanitizer:
         return (model,)
 
 
-class SanitizeConditioning:
+class EmbeddingSanitizerApply:
     DESCRIPTION = ("Scores every token of a conditioning for harmfulness and erases the flagged concepts "
-                   "from the embedding (and SDXL's pooled output). Put it on the positive prompt.")
+                   "from it (rows of any text encoder: CLIP, T5, ...; and the pooled vector where the image "
+                   "model reads it: SDXL, SD3, Flux). Put it on the positive prompt.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -77,8 +78,10 @@ class SanitizeConditioning:
                 "threshold": THRESHOLD,
             },
             "optional": {
-                "clip": ("CLIP", {"tooltip": "Optional: the CLIP that encoded the text, to label the scores with its tokens."}),
-                "text": ("STRING", {"forceInput": True, "tooltip": "Optional: the prompt text that was encoded, to label the scores."}),
+                "clip": ("CLIP", {"tooltip": "Optional: the CLIP that encoded the text, to label the scores with "
+                                             "its tokens and to check the sanitizer was trained for it."}),
+                "text": ("STRING", {"forceInput": True, "default": "",
+                                    "tooltip": "Optional: the prompt text that was encoded, to label the scores."}),
             },
         }
 
@@ -90,18 +93,17 @@ class SanitizeConditioning:
     CATEGORY = CATEGORY
 
     def sanitize(self, conditioning, sanitizer, intensity, threshold, clip=None, text=None):
-        labels = token_labels(clip, text) if clip is not None and text is not None else None
-        out, report, ui = sanitize_conditioning(conditioning, sanitizer, intensity, threshold, labels)
-        return {"ui": {"token_scores": ui, "text": [report]}, "result": (out, report)}
+        return node_output(*sanitize_conditioning(conditioning, sanitizer, intensity, threshold, clip, text))
 
 
-class ClipTextEncodeSanitized:
-    DESCRIPTION = "CLIP Text Encode followed by Sanitize Conditioning: a drop-in for the positive prompt."
+class EmbeddingSanitizerCLIPTextEncode:
+    DESCRIPTION = ("CLIP Text Encode followed by Sanitize Conditioning: a drop-in for the positive prompt, for "
+                   "any text encoder ComfyUI loads (SD 1.x, SDXL, SD3, Flux, ...).")
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "clip": ("CLIP", {"tooltip": "The CLIP of your checkpoint."}),
+            "clip": ("CLIP", {"tooltip": "The text encoder of your checkpoint (CLIP, T5, ...: any that ComfyUI loads)."}),
             "text": ("STRING", {"multiline": True, "dynamicPrompts": True, "tooltip": "The prompt to encode."}),
             "sanitizer": ("SANITIZER", {"tooltip": "From Load Embedding Sanitizer; must match this CLIP."}),
             "intensity": INTENSITY,
@@ -120,6 +122,4 @@ class ClipTextEncodeSanitized:
         else:                                                  # ComfyUI 2024
             cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
             conditioning = [[cond, {"pooled_output": pooled}]]
-        out, report, ui = sanitize_conditioning(conditioning, sanitizer, intensity, 0.0,
-                                                token_labels(clip, text))
-        return {"ui": {"token_scores": ui, "text": [report]}, "result": (out, report)}
+        return node_output(*sanitize_conditioning(conditioning, sanitizer, intensity, 0.0, clip, text))

@@ -1,4 +1,4 @@
-"""Train Embedding Sanitizer: trains the engine on the outputs of the CLIP it is given."""
+"""Train Embedding Sanitizer: trains the engine on the outputs of the text encoder it is given."""
 
 from __future__ import annotations
 
@@ -15,80 +15,19 @@ from embedding_sanitizer.lexicon import Concept, builtin_concepts
 from embedding_sanitizer.train import TrainConfig, train_sanitizer
 
 from .common import CATEGORY, FOLDER, register_folder
+from .text_encoders import ComfyTextEncoder
 
 register_folder()
 
 PRESETS = ["nudity + violence", "nudity", "violence", "custom only"]
-_FAMILY_BY_WIDTH = {768: "sd1-clip-l", 1024: "sd2-clip-h", 2048: "sdxl-clip-lg"}
 
 
-class ComfyClipEncoder:
-    """The engine's TextEncoder protocol over a ComfyUI CLIP object (any family ComfyUI loads)."""
-
-    chunk_length = 77
-    max_tokens = 77
-    leading_specials = 1
-
-    def __init__(self, clip):
-        self.clip = clip
-        probe, pooled = self._encode_one("")
-        self.embed_dim = probe.shape[-1]
-        self.family = _FAMILY_BY_WIDTH.get(self.embed_dim, f"comfyui-clip-{self.embed_dim}")
-        # SDXL's UNet reads the pooled vector; SD 1.x / 2.x do not.
-        self.pooled_dim = pooled.shape[-1] if (pooled is not None and self.family == "sdxl-clip-lg") else 0
-        self.name = f"ComfyUI {type(clip.cond_stage_model).__name__}"
-        self._empty = probe[:, :77]
-        self._empty_pooled = pooled
-
-    def _tokens(self, text):
-        tokens = self.clip.tokenize(text, return_word_ids=True)
-        key = "l" if "l" in tokens else next(iter(tokens))
-        return tokens, key
-
-    def token_ids(self, text: str) -> list[int]:
-        tokens, key = self._tokens(text)
-        return [t[0] for chunk in tokens[key] for t in chunk if t[2] != 0]
-
-    @torch.no_grad()
-    def _encode_one(self, text: str):
-        tokens = self.clip.tokenize(text)
-        cond, pooled = self.clip.encode_from_tokens(tokens, return_pooled=True)
-        return cond.float().cpu(), (pooled.float().cpu() if pooled is not None else None)
-
-    @torch.no_grad()
-    def encode(self, prompts):
-        from embedding_sanitizer.encoders import EncodedBatch
-
-        conds, pooled, ids, real = [], [], [], []
-        for text in prompts:
-            cond, p = self._encode_one(text)
-            tokens, key = self._tokens(text)
-            flat = [t for chunk in tokens[key] for t in chunk]
-            conds.append(cond[0])
-            pooled.append(p[0] if p is not None else None)
-            ids.append([t[0] if isinstance(t[0], int) else 0 for t in flat])
-            real.append([t[2] != 0 for t in flat])
-        length = max(c.shape[0] for c in conds)
-        for i, c in enumerate(conds):
-            # A shorter prompt in a longer batch gets empty chunks, as the engine's own encoders do.
-            while c.shape[0] < length:
-                c = torch.cat([c, self._empty[0]])
-                ids[i] += [0] * 77
-                real[i] += [False] * 77
-            conds[i] = c
-            ids[i], real[i] = ids[i][:length], real[i][:length]
-        real_t = torch.tensor(real, dtype=torch.bool)
-        inv = self._inverse_vocab()
-        tokens = [[str(inv.get(t, t)).replace("</w>", "") if r else "" for t, r in zip(row, mask)]
-                  for row, mask in zip(ids, real)]
-        pooled_t = torch.stack(pooled) if self.pooled_dim else None
-        return EncodedBatch(torch.stack(conds), pooled_t, torch.tensor(ids), tokens, real_t,
-                            torch.ones_like(real_t))
-
-    def _inverse_vocab(self):
-        _, key = self._tokens("a")
-        tok = getattr(self.clip.tokenizer, f"clip_{key}", None)
-        return getattr(tok, "inv_vocab", None) or {}
+def expected_prompts(config: TrainConfig, concepts: int) -> tuple[int, int]:
+    """About how many prompts train_sanitizer encodes before training (unsafe/anchor twins, benign
+    prompts plus a quarter of the anchors) and after it (held-out prompts)."""
+    pairs = config.pairs_per_concept * concepts
+    return (2 * pairs + config.benign + pairs // 4,
+            config.heldout_pairs_per_concept * concepts + config.heldout_benign)
 
 
 def _split_terms(text: str) -> list[str]:
@@ -103,15 +42,17 @@ def _safe_filename(name: str) -> str:
     return base + ".safetensors"
 
 
-class TrainEmbeddingSanitizer:
-    DESCRIPTION = ("Trains a sanitizer for the CLIP it is given (your checkpoint's text encoder) and saves it "
-                   "into models/sanitizers. Takes minutes on a GPU; the progress bar shows the steps.")
+class EmbeddingSanitizerTrain:
+    DESCRIPTION = ("Trains a sanitizer for the text encoder it is given (your checkpoint's CLIP, T5, ...) and "
+                   "saves it into models/sanitizers. Takes minutes on a GPU; the progress bar shows the "
+                   "encoding of the training prompts, then the steps.")
 
     @classmethod
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "clip": ("CLIP", {"tooltip": "The CLIP of the checkpoint the sanitizer is for (SD 1.x, SD 2.x, SDXL...)."}),
+                "clip": ("CLIP", {"tooltip": "The text encoder of the checkpoint the sanitizer is for (SD 1.x, SDXL, "
+                                             "Flux, SD3 without T5, ...)."}),
                 "preset": (PRESETS, {"default": "nudity + violence",
                                      "tooltip": "Built-in concepts to erase; 'custom only' uses just your terms below."}),
                 "steps": ("INT", {"default": 1500, "min": 10, "max": 100000, "step": 10,
@@ -156,15 +97,27 @@ class TrainEmbeddingSanitizer:
                              benign=benign, heldout_pairs_per_concept=max(16, pairs_per_concept // 8),
                              heldout_benign=max(32, benign // 10))
         bar = comfy.utils.ProgressBar(int(steps))
+        # The bar shows the training prompts being encoded, the steps, then the held-out prompts
+        # being encoded (prompt counts estimated from the config).
+        to_encode = list(expected_prompts(config, len(concepts)))
+        encoded = 0
+
+        def on_encoded(count):
+            nonlocal encoded
+            encoded += count
+            bar.update_absolute(min(encoded, to_encode[0]), to_encode[0])
 
         def progress(step, total, losses):
+            nonlocal encoded
             comfy.model_management.throw_exception_if_processing_interrupted()
             if total:
                 bar.update_absolute(step, total)
+            if total and step == total:
+                encoded, to_encode[0] = 0, to_encode[1]
 
         # ComfyUI runs nodes under torch.inference_mode(); training needs autograd.
         with torch.inference_mode(False), torch.enable_grad():
-            encoder = ComfyClipEncoder(clip)
+            encoder = ComfyTextEncoder(clip, on_encoded)
             model, summary = train_sanitizer(encoder, concepts, config, progress=progress)
         save_sanitizer(model, target, summary)
         heldout = summary.get("heldout", {})

@@ -36,7 +36,13 @@ def test_train_saves_reports_progress_and_loads(nodes, sd1_clip, sanitizers_dir,
     assert (sanitizers_dir / "trained-sd1.safetensors").is_file()
     assert model.config.embed_dim == 768 and model.config.concepts == ("nudity", "gore")
     assert model.config.encoder_family == "sd1-clip-l"
-    assert calls and calls[-1] == (6, 6) and [v for v, _ in calls] == sorted(v for v, _ in calls)
+    # The bar shows encoding the training prompts, then the steps, then encoding the held-out prompts.
+    steps_at = calls.index((1, 6))
+    encoding, training, heldout = calls[:steps_at], calls[steps_at:steps_at + 6], calls[steps_at + 6:]
+    assert encoding and len({t for _, t in encoding}) == 1 and encoding[0][1] > 6
+    assert [v for v, _ in encoding] == sorted(v for v, _ in encoding) and encoding[-1][0] > encoding[0][0]
+    assert training == [(s, 6) for s in range(1, 7)]
+    assert heldout and all(t == heldout[0][1] for _, t in heldout)
     assert "saved" in summary and "auroc" in summary and out["ui"]["text"] == [summary]
     # The saved file is listed and works on this CLIP's conditioning.
     listed = nodes["EmbeddingSanitizerLoader"].INPUT_TYPES()["required"]["sanitizer_name"][0]
