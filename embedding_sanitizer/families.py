@@ -57,11 +57,11 @@ def webui_families() -> dict[str, str]:
 
 
 def comfy_family_id(model_class: str, embed_dim: int) -> str:
-    """The family of a ComfyUI text encoder: its class (ComfyUI subclasses some per load, adding
-    a trailing '_') and the width of its rows. Encoders outside the table get an id of their own."""
+    """The family of a ComfyUI text encoder, from its class (ComfyUI subclasses some per load,
+    adding a trailing '_'). Encoders outside the table get an id of their own, with their width."""
     name = model_class.rstrip("_")
     for family in FAMILIES.values():
-        if name in family.comfy_models and family.embed_dim == embed_dim:
+        if name in family.comfy_models:
             return family.id
     return f"comfyui-{name}-{embed_dim}"
 

@@ -6,6 +6,8 @@ COMFYUI_ROOT=/path/to/ComfyUI runs the same tests against another checkout.
 from __future__ import annotations
 
 import contextlib
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import json
 import os
@@ -13,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -49,6 +52,43 @@ def extra_sys_path() -> list[str]:
     return [] if torchvision_works() else [str(STUBS)]
 
 
+# Imported at load by newer ComfyUI (audio/video/upscale models these tests never build).
+OPTIONAL_MODULES = ("torchvision", "torchaudio", "av", "spandrel", "kornia")
+
+
+class _AbsentModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Empty stand-ins for optional modules that are not installed, while ComfyUI's modules load;
+    using anything from them fails loudly."""
+
+    def __init__(self, names):
+        self.names = set(names)
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in self.names:
+            return importlib.machinery.ModuleSpec(name, self, is_package=True)
+        return None
+
+    def create_module(self, spec):
+        module = types.ModuleType(spec.name)
+        module.__path__ = []
+
+        def missing(attr):
+            if attr.startswith("__"):
+                raise AttributeError(attr)
+            return type(attr, (), {"__init__": _absent(f"{spec.name}.{attr}")})
+        module.__getattr__ = missing
+        return module
+
+    def exec_module(self, module):
+        pass
+
+
+def _absent(name):
+    def fail(*args, **kwargs):
+        raise ImportError(f"{name}: not installed (a test stand-in); install it to use it")
+    return fail
+
+
 def import_comfy(root: Path):
     """Import ComfyUI in-process on the CPU; returns the module `comfy.sd`.
 
@@ -61,6 +101,15 @@ def import_comfy(root: Path):
     if use_stub:
         import transformers  # noqa: F401  (decides "no torchvision" before the stub exists)
         sys.path.insert(0, str(STUBS))
+    absent = _AbsentModules(m for m in OPTIONAL_MODULES
+                            if importlib.util.find_spec(m) is None and not (m == "torchvision" and use_stub))
+    if (root / "comfy" / "text_encoders").is_dir():      # newer ComfyUI: more optional imports
+        if use_stub:
+            absent.names.add("torchvision")
+            sys.path.remove(str(STUBS))
+            sys.modules.pop("torchvision", None)
+            use_stub = False
+        sys.meta_path.insert(0, absent)
     try:
         from comfy.cli_args import args
         args.cpu = True
@@ -71,6 +120,8 @@ def import_comfy(root: Path):
         if use_stub:
             sys.path.remove(str(STUBS))
             sys.modules.pop("torchvision", None)
+        if absent in sys.meta_path:
+            sys.meta_path.remove(absent)
     return comfy.sd
 
 

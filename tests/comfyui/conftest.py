@@ -43,22 +43,18 @@ def nodes(pack):
     return pack.NODE_CLASS_MAPPINGS
 
 
-def _random_clip(comfy_sd, kind: str, layers: int = 2, seed: int = 0):
+def random_clip(comfy_sd, tokenizer, model, layers: int = 2, seed: int = 0, model_options=None):
     """A ComfyUI CLIP of the real architecture (ComfyUI's own classes), random weights, few layers."""
-    import comfy.sd1_clip
-    import comfy.sdxl_clip
     import comfy.supported_models_base
     import torch
-    if kind == "sd1":
-        target = comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer, comfy.sd1_clip.SD1ClipModel)
-    else:
-        target = comfy.supported_models_base.ClipTarget(comfy.sdxl_clip.SDXLTokenizer, comfy.sdxl_clip.SDXLClipModel)
+    target = comfy.supported_models_base.ClipTarget(tokenizer, model)
     with torch.no_grad():
-        clip = comfy_sd.CLIP(target)
-        for module in clip.cond_stage_model.modules():
-            encoder_layers = getattr(module, "layers", None)
-            if isinstance(encoder_layers, torch.nn.ModuleList) and len(encoder_layers) > layers:
-                module.layers = encoder_layers[:layers]     # speed: the layer count does not matter here
+        clip = comfy_sd.CLIP(target, model_options=model_options) if model_options else comfy_sd.CLIP(target)
+        for module in list(clip.cond_stage_model.modules()):
+            for attr in ("layers", "block"):                # CLIP's layers, T5's blocks
+                stack = getattr(module, attr, None)
+                if isinstance(stack, torch.nn.ModuleList) and len(stack) > layers:
+                    setattr(module, attr, stack[:layers])   # speed: the layer count does not matter here
         g = torch.Generator().manual_seed(seed)
         for name, p in clip.cond_stage_model.named_parameters():
             if name.endswith("text_projection.weight") or name.endswith("text_projection"):
@@ -68,6 +64,14 @@ def _random_clip(comfy_sd, kind: str, layers: int = 2, seed: int = 0):
             else:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.02)
     return clip
+
+
+def _random_clip(comfy_sd, kind: str, layers: int = 2, seed: int = 0):
+    import comfy.sd1_clip
+    import comfy.sdxl_clip
+    if kind == "sd1":
+        return random_clip(comfy_sd, comfy.sd1_clip.SD1Tokenizer, comfy.sd1_clip.SD1ClipModel, layers, seed)
+    return random_clip(comfy_sd, comfy.sdxl_clip.SDXLTokenizer, comfy.sdxl_clip.SDXLClipModel, layers, seed)
 
 
 @pytest.fixture(scope="session")
@@ -81,13 +85,14 @@ def sdxl_clip(comfy_sd):
 
 
 def active_sanitizer(embed_dim: int, pooled_dim: int, family: str, seed: int = 0,
-                     score_std: float = 1.0, score_bias: float = 0.0):
+                     score_std: float = 1.0, score_bias: float = 0.0, chunk_length: int = 77, max_tokens: int = 77):
     """A sanitizer whose heads are random (an untrained one is the identity): it moves tokens."""
     import torch
     from embedding_sanitizer import EmbeddingSanitizer, SanitizerConfig
     torch.manual_seed(seed)
     model = EmbeddingSanitizer(SanitizerConfig(
-        embed_dim=embed_dim, pooled_dim=pooled_dim, chunk_length=77, max_tokens=77, width=64, layers=1,
+        embed_dim=embed_dim, pooled_dim=pooled_dim, chunk_length=chunk_length, max_tokens=max_tokens,
+        width=64, layers=1,
         heads=4, encoder_family=family, encoder_name=f"test {family}"))
     with torch.no_grad():
         torch.nn.init.normal_(model.score_head.weight, std=score_std)
