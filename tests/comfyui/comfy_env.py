@@ -205,3 +205,26 @@ def comfy_server(root: Path, base: Path, ready_path: str, env: dict | None = Non
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def random_clip(comfy_sd, tokenizer, model, layers: int = 2, seed: int = 0, model_options=None):
+    """A ComfyUI CLIP of the real architecture (ComfyUI's own classes), random weights, few layers."""
+    import comfy.supported_models_base
+    import torch
+    target = comfy.supported_models_base.ClipTarget(tokenizer, model)
+    with torch.no_grad():
+        clip = comfy_sd.CLIP(target, model_options=model_options) if model_options else comfy_sd.CLIP(target)
+        for module in list(clip.cond_stage_model.modules()):
+            for attr in ("layers", "block"):                # CLIP's layers, T5's blocks
+                stack = getattr(module, attr, None)
+                if isinstance(stack, torch.nn.ModuleList) and len(stack) > layers:
+                    setattr(module, attr, stack[:layers])   # speed: the layer count does not matter here
+        g = torch.Generator().manual_seed(seed)
+        for name, p in clip.cond_stage_model.named_parameters():
+            if name.endswith("text_projection.weight") or name.endswith("text_projection"):
+                p.copy_(torch.eye(p.shape[0], p.shape[1]) + 0.01 * torch.randn(p.shape, generator=g))
+            elif p.dim() == 1 and "norm" in name and name.endswith("weight"):
+                p.fill_(1.0)
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+    return clip

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from .conftest import active_sanitizer, random_clip
+from .comfy_env import random_clip
+from .conftest import active_sanitizer
 from .test_nodes import LONG, PROMPT, apply, assert_unchanged, encode, snapshot
 
 DATA = Path(__file__).resolve().parent / "data"
