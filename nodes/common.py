@@ -76,9 +76,10 @@ def _width_source(width: int) -> str:
 
 
 def _entry_label(entry_index: int, entries: int, item: int, items: int) -> str:
-    parts = ["prompt"] if entries == 1 else [f"prompt part {entry_index + 1} of {entries}"]
+    """'' for a plain prompt; which part (Conditioning Combine, areas) and batch image otherwise."""
+    parts = [] if entries == 1 else [f"part {entry_index + 1} of {entries}"]
     if items > 1:
-        parts.append(f"image {item + 1}")
+        parts.append(f"image {item + 1} of {items}")
     return ", ".join(parts)
 
 

@@ -145,7 +145,8 @@ def test_batch_and_several_entries(nodes, sd1_clip, sd1_sanitizer, clip_text_enc
                [b[0][0], dict(b[0][1], area=(8, 8, 0, 0))]]
     out, report, ui = apply(nodes, batched, sd1_sanitizer)
     assert len(out) == 2 and out[0][0].shape == (2, 77, 768) and out[1][1]["area"] == (8, 8, 0, 0)
-    assert len(ui["token_scores"]) == 3
+    assert [u["label"] for u in ui["token_scores"]] == ["part 1 of 2, image 1 of 2", "part 1 of 2, image 2 of 2",
+                                                        "part 2 of 2"]
     # Each item is sanitized on its own: item 0 of the batch equals the single-prompt result.
     single, _, _ = apply(nodes, a, sd1_sanitizer)
     torch.testing.assert_close(out[0][0][:1], single[0][0])

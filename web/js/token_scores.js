@@ -52,7 +52,7 @@ export function renderScores(container, entries) {
     head.className = "es-head";
     const erased = entry.tokens.filter((t) => t.erased).length;
     const score = Number(entry.prompt_score ?? 0).toFixed(2);
-    head.textContent = `${entry.label ?? ""}  prompt score ${score} · erased ${erased}` +
+    head.textContent = (entry.label ? `${entry.label} · ` : "") + `prompt score ${score} · erased ${erased}` +
       (entry.labelled === false ? " · connect clip + text for words" : "");
     container.appendChild(head);
     const line = document.createElement("div");
