@@ -71,6 +71,14 @@ def test_there_are_the_examples():
             "flux_txt2img_sanitized.json", "sd35_txt2img_sanitized.json"} <= names
 
 
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_workflow_has_a_thumbnail(path):
+    """The template browser asks for <name>.jpg beside each workflow (tools/make_workflow_thumbnails.py)."""
+    thumbnail = path.with_suffix(".jpg")
+    assert thumbnail.is_file(), f"run tools/make_workflow_thumbnails.py for {path.name}"
+    assert thumbnail.read_bytes()[:3] == b"\xff\xd8\xff"                 # a JPEG
+
+
 @pytest.mark.parametrize("path", WORKFLOWS + SAVED, ids=lambda p: p.name)
 def test_workflow_matches_node_definitions(path, all_nodes, pack, comfy_sd):
     data = json.loads(path.read_text())
