@@ -1,0 +1,34 @@
+"""The one table of text-encoder families: ids users' weight files carry, and how hosts find them."""
+
+from embedding_sanitizer import families
+from embedding_sanitizer.encoders import CLIPEncoder, random_clip_encoder
+
+
+def test_ids_weight_files_already_carry_keep_their_meaning():
+    assert families.webui_families() == {"sd1": "sd1-clip-l", "sd2": "sd2-clip-h", "sdxl": "sdxl-clip-lg"}
+    sd1, sdxl = families.get("sd1-clip-l"), families.get("sdxl-clip-lg")
+    assert (sd1.embed_dim, sd1.pooled_dim, sd1.chunk_length) == (768, 0, 77)
+    assert (sdxl.embed_dim, sdxl.pooled_dim, sdxl.chunk_length, sdxl.clip_widths) == (2048, 1280, 77, (768, 1280))
+
+
+def test_same_width_families_are_told_apart_by_the_pooled_vector():
+    assert [f.id for f in families.from_conditioning(768, 768)] == ["sd1-clip-l"]
+    assert [f.id for f in families.from_conditioning(768, None)] == ["t5-base"]
+    assert [f.id for f in families.from_conditioning(4096, 2048)] == ["sd3-clip-lg-t5xxl"]
+    assert [f.id for f in families.from_conditioning(4096, 768)] == ["flux-t5xxl-clip-l"]
+    assert families.from_conditioning(4096, None) == []          # T5-XXL alone (Chroma, ...): unknown
+
+
+def test_comfy_classes_name_their_family_and_others_get_their_own():
+    assert families.comfy_family_id("FluxClipModel_", 4096) == "flux-t5xxl-clip-l"   # ComfyUI's per-load subclass
+    assert families.comfy_family_id("SAT5Model", 768) == "t5-base"
+    assert families.comfy_family_id("SD1ClipModel", 768) == "sd1-clip-l"
+    assert families.comfy_family_id("HiDreamTEModel", 4096) == "comfyui-HiDreamTEModel-4096"
+    assert "HiDreamTEModel (D=4096)" in families.comfy_family_label("comfyui-HiDreamTEModel-4096")
+    assert families.label("sdxl-clip-lg") == "SDXL (CLIP-L + CLIP-G)" and families.label("custom") == "custom"
+
+
+def test_the_engine_clip_encoder_reads_widths_and_pooled_from_the_table():
+    encoder = random_clip_encoder("sdxl-clip-lg", layers=1)
+    assert isinstance(encoder, CLIPEncoder)
+    assert (encoder.embed_dim, encoder.pooled_dim) == (2048, 1280)
