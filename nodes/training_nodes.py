@@ -11,6 +11,7 @@ import folder_paths
 import torch
 
 from embedding_sanitizer import save_sanitizer
+from embedding_sanitizer.corpus import weak_examples
 from embedding_sanitizer.lexicon import Concept, builtin_concepts
 from embedding_sanitizer.train import TrainConfig, train_sanitizer
 
@@ -22,12 +23,14 @@ register_folder()
 PRESETS = ["nudity + violence", "nudity", "violence", "custom only"]
 
 
-def expected_prompts(config: TrainConfig, concepts: int) -> tuple[int, int]:
+def expected_prompts(config: TrainConfig, concepts: list[Concept]) -> tuple[int, int]:
     """About how many prompts train_sanitizer encodes before training (unsafe/anchor twins, benign
-    prompts plus a quarter of the anchors) and after it (held-out prompts)."""
-    pairs = config.pairs_per_concept * concepts
-    return (2 * pairs + config.benign + pairs // 4,
-            config.heldout_pairs_per_concept * concepts + config.heldout_benign)
+    prompts plus a quarter of the anchors, real prompts with prompt-level labels) and after it
+    (held-out prompts)."""
+    pairs = config.pairs_per_concept * len(concepts)
+    weak = min(len(weak_examples(concepts)[0]), config.weak_prompts)
+    return (2 * pairs + config.benign + pairs // 4 + weak,
+            config.heldout_pairs_per_concept * len(concepts) + config.heldout_benign)
 
 
 def _split_terms(text: str) -> list[str]:
@@ -99,7 +102,7 @@ class EmbeddingSanitizerTrain:
         bar = comfy.utils.ProgressBar(int(steps))
         # The bar shows the training prompts being encoded, the steps, then the held-out prompts
         # being encoded (prompt counts estimated from the config).
-        to_encode = list(expected_prompts(config, len(concepts)))
+        to_encode = list(expected_prompts(config, concepts))
         encoded = 0
 
         def on_encoded(count):
