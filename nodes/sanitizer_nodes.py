@@ -122,4 +122,4 @@ class EmbeddingSanitizerCLIPTextEncode:
         else:                                                  # ComfyUI 2024
             cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
             conditioning = [[cond, {"pooled_output": pooled}]]
-        return node_output(*sanitize_conditioning(conditioning, sanitizer, intensity, 0.0, clip, text))
+        return node_output(*sanitize_conditioning(conditioning, sanitizer, intensity, DEFAULT_THRESHOLD, clip, text))
