@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from embedding_sanitizer import save_sanitizer
-from embedding_sanitizer import webui as W
+from embedding_sanitizer import a1111 as W
 
 from .test_webui_adapter import (ComposableScheduledPromptConditioning, MulticondLearnedConditioning,
                                  ScheduledPromptConditioning, active_model, sd1_cond)

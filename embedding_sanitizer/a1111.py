@@ -39,17 +39,14 @@ OPT_CONCEPTS = "embedding_sanitizer_concepts"
 OPT_WEIGHTS = "embedding_sanitizer_weights"
 OPT_ENFORCE = "embedding_sanitizer_enforce"
 OPT_ENFORCE_INTENSITY = "embedding_sanitizer_enforce_min_intensity"
-OPT_DEBUG_LOG = "embedding_sanitizer_debug_log"
 
 DEFAULTS = {
     OPT_ENABLED: False, OPT_INTENSITY: 1.0, OPT_THRESHOLD: DEFAULT_THRESHOLD, OPT_CONCEPTS: "",
-    OPT_WEIGHTS: "", OPT_ENFORCE: False, OPT_ENFORCE_INTENSITY: 1.0, OPT_DEBUG_LOG: "",
+    OPT_WEIGHTS: "", OPT_ENFORCE: False, OPT_ENFORCE_INTENSITY: 1.0,
 }
 # Infotext names of the options that pasting parameters restores (as override settings).
 PASTE_NAMES = {OPT_WEIGHTS: "Embedding Sanitizer weights", OPT_THRESHOLD: "Embedding Sanitizer threshold",
                OPT_CONCEPTS: "Embedding Sanitizer concepts"}
-# Options an API request (/sdapi/v1/options, override_settings) must not change.
-RESTRICTED_OPTIONS = (OPT_ENFORCE, OPT_ENFORCE_INTENSITY, OPT_DEBUG_LOG)
 
 # Which sanitizer family fits which model; keys are what `model_family` returns.
 MODEL_FAMILIES = families.webui_families()
