@@ -17,6 +17,8 @@ from typing import Iterable, Optional
 import torch
 from torch import nn
 
+from . import validation
+
 
 # Tokens scoring below this are never changed. The score is trained as a probability, so 0.5
 # keeps a benign prompt bit-identical unless the sanitizer is more sure than not; 0 lets every
@@ -128,6 +130,8 @@ class EmbeddingSanitizer(nn.Module):
                 f"(batch, tokens, {cfg.embed_dim}) for encoder '{cfg.encoder_name}' ({cfg.encoder_family}); "
                 f"use a sanitizer trained for the text encoder that produced this embedding")
         tokens = embedding.shape[1]
+        if embedding.shape[0] == 0 or tokens == 0:
+            raise SanitizerShapeError(f"embedding shape {tuple(embedding.shape)} is empty: there is nothing to sanitize")
         if cfg.chunk_length and tokens % cfg.chunk_length:
             raise SanitizerShapeError(
                 f"embedding has {tokens} tokens, expected a multiple of {cfg.chunk_length} "
@@ -181,15 +185,17 @@ class EmbeddingSanitizer(nn.Module):
                  intensity: float = 1.0, threshold: float = 0.0,
                  concepts: Optional[Iterable[str]] = None,
                  attention_mask: Optional[torch.Tensor] = None) -> SanitizeResult:
-        if intensity < 0:
-            raise ValueError(f"intensity must be >= 0, got {intensity}")
+        intensity, threshold = validation.intensity(intensity), validation.threshold(threshold)
+        concepts = validation.concepts(concepts, self.concepts)
         if not embedding.is_floating_point():
             raise SanitizerShapeError(f"embedding must be a float tensor, got {embedding.dtype}")
         self.check_shapes(embedding, pooled)
+        validation.finite_input(embedding, pooled)
         own_device = self.project.weight.device
         if attention_mask is not None:
             attention_mask = attention_mask.to(own_device, torch.bool)
         scores, delta, pooled_delta = self(embedding.to(own_device), attention_mask)
+        validation.require_finite("the sanitizer's output", scores, delta, pooled_delta)
         gates = self.gates_from_scores(scores, self.concept_mask(concepts), intensity, threshold,
                                        attention_mask)
         out_device, out_dtype = embedding.device, embedding.dtype
@@ -204,6 +210,7 @@ class EmbeddingSanitizer(nn.Module):
                 strength = gates.amax(dim=1, keepdim=True)
                 correction = (strength * pooled_delta).to(pooled.device, pooled.dtype)
                 new_pooled = torch.where((strength > 0).to(pooled.device), pooled + correction, pooled)
+        validation.require_finite("the sanitized embedding", new_embedding, new_pooled)
         return SanitizeResult(new_embedding, new_pooled, scores.to(out_device), gates.to(out_device),
                               self.concepts)
 

@@ -1,0 +1,112 @@
+"""The rules for values that reach the engine from outside: a node's inputs, an API request,
+a settings file, the command line. Each rule lives here once; the engine and every host
+adapter (ComfyUI, A1111 / Forge, CLI) call these functions, so a value one boundary rejects
+is rejected by all of them with the same message.
+
+Any value may be of the wrong type, NaN, infinite, huge or hostile: these functions never
+pass such a value on, and their messages say what was wrong and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Iterable, Optional
+
+import torch
+
+MAX_INTENSITY = 4.0           # gates saturate at 1; stronger than 4 changes nothing useful
+MAX_CONCEPT_NAME = 64         # characters
+
+
+class InvalidValue(ValueError):
+    """A value handed to the engine has the wrong type or is out of range."""
+
+
+class NonFiniteResult(ValueError):
+    """The sanitizer produced NaN or infinite values (damaged weights or input): refuse the
+    result rather than pass on an embedding that was silently left unsanitized."""
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def number(value: Any, name: str, low: float, high: float) -> float:
+    """A finite real number in [low, high]; anything else raises InvalidValue."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.Tensor)):
+        raise InvalidValue(f"{name} must be a number from {low:g} to {high:g}, got {type(value).__name__} "
+                           f"{_shown(value)}")
+    try:
+        result = float(value)
+    except (OverflowError, ValueError, TypeError, RuntimeError):
+        raise InvalidValue(f"{name} must be a number from {low:g} to {high:g}, got {_shown(value)}") from None
+    if not math.isfinite(result) or not low <= result <= high:
+        raise InvalidValue(f"{name} must be a number from {low:g} to {high:g}, got {_shown(value)}")
+    return result
+
+
+def intensity(value: Any) -> float:
+    """How strongly flagged tokens are rewritten: 0 (off) to MAX_INTENSITY."""
+    return number(value, "intensity", 0.0, MAX_INTENSITY)
+
+
+def threshold(value: Any) -> float:
+    """The score below which tokens are left alone: 0 to 1."""
+    return number(value, "threshold", 0.0, 1.0)
+
+
+def concepts(value: Any, known: Optional[Iterable[str]] = None) -> Optional[tuple[str, ...]]:
+    """Concept names to erase, stripped and de-duplicated; None means every concept.
+
+    Accepts None, a comma- (or '+'-) separated string ('' = every concept, as the settings
+    say), or a list / tuple of names (an empty one is refused: it would erase nothing).
+    With `known`, every name must be one of them.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        items = value.replace("+", ",").split(",")
+        if not value.strip():
+            return None
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+        if not items:
+            raise InvalidValue("concepts is an empty list, which would erase nothing; "
+                               "pass None (or '') for every concept, or name at least one")
+        bad = [v for v in items if not isinstance(v, str)]
+        if bad:
+            raise InvalidValue(f"concepts must be names (strings), got {_shown(bad[0])}")
+    else:
+        raise InvalidValue(f"concepts must be a comma-separated string or a list of names, "
+                           f"got {type(value).__name__} {_shown(value)}")
+    names = tuple(dict.fromkeys(v.strip() for v in items if v.strip()))
+    if not names:
+        raise InvalidValue(f"concepts {_shown(value)} names no concept")
+    too_long = [n for n in names if len(n) > MAX_CONCEPT_NAME]
+    if too_long:
+        raise InvalidValue(f"concept name {_shown(too_long[0])} is longer than {MAX_CONCEPT_NAME} characters")
+    if known is not None:
+        known = tuple(known)
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise InvalidValue(f"unknown concept(s) {', '.join(map(_shown, unknown))}; "
+                               f"this sanitizer knows {', '.join(known)}")
+    return names
+
+
+def require_finite(what: str, *tensors: Optional[torch.Tensor]) -> None:
+    """Raise NonFiniteResult when any given tensor holds NaN or an infinity."""
+    for tensor in tensors:
+        if tensor is not None and not bool(torch.isfinite(tensor).all()):
+            raise NonFiniteResult(f"Embedding Sanitizer: {what} contains NaN or infinite values; the weight "
+                                  f"file or the input is damaged, so nothing was sanitized")
+
+
+def finite_input(embedding: torch.Tensor, pooled: Optional[torch.Tensor]) -> None:
+    """An embedding (or pooled vector) with NaN or an infinity would make every score NaN."""
+    for name, tensor in (("embedding", embedding), ("pooled output", pooled)):
+        if tensor is not None and not bool(torch.isfinite(tensor).all()):
+            raise InvalidValue(f"the {name} to sanitize contains NaN or infinite values; "
+                               f"the text encoder or an earlier node produced them")
