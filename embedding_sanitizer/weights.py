@@ -18,6 +18,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from . import validation
 from .model import EmbeddingSanitizer, SanitizerConfig
 
 FORMAT_VERSION = 1
@@ -30,6 +31,12 @@ _REQUIRED = {
     "width": int, "layers": int, "heads": int, "training": dict,
 }
 _PICKLE_MAGICS = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+# Sane bounds for every size in the metadata, checked before anything is built from them.
+SIZE_BOUNDS = {"embed_dim": (1, 16384), "pooled_dim": (0, 16384), "chunk_length": (0, 8192),
+               "max_tokens": (1, 8192), "width": (1, 8192), "layers": (1, 64), "heads": (1, 256)}
+MAX_CONCEPTS = 64
+MAX_HEADER_BYTES = 16 * 2 ** 20
+FLOAT_DTYPE_BYTES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
 
 
 class WeightFileError(ValueError):
@@ -40,8 +47,11 @@ def default_weights_path() -> Path:
     return DEFAULT_WEIGHTS
 
 
-def save_sanitizer(model: EmbeddingSanitizer, path: Union[str, Path], training: dict) -> Path:
-    """Write tensors + metadata to `path` atomically (a temp file renamed into place)."""
+def save_sanitizer(model: EmbeddingSanitizer, path: Union[str, Path], training: dict,
+                   overwrite: bool = True) -> Path:
+    """Write tensors + metadata to `path` atomically (a temp file renamed into place).
+    Without `overwrite`, a file at `path` (even one that appeared while we wrote) is kept
+    and FileExistsError raised."""
     path = Path(path)
     meta = {"format_version": FORMAT_VERSION, **model.config.to_dict(), "training": training}
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
@@ -51,7 +61,10 @@ def save_sanitizer(model: EmbeddingSanitizer, path: Union[str, Path], training: 
     try:
         save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(meta, sort_keys=True)})
         os.chmod(tmp, 0o644)     # mkstemp makes it private; a host may run as another user
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _place_without_replacing(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -59,48 +72,56 @@ def save_sanitizer(model: EmbeddingSanitizer, path: Union[str, Path], training: 
     return path
 
 
+def _place_without_replacing(tmp: str, path: Path) -> None:
+    """Rename tmp to path unless path exists; a hard link makes the check and the rename one step."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise FileExistsError(f"{path} exists (it appeared while the file was being written); "
+                              f"nothing was replaced") from None
+    except OSError:              # no hard links on this file system: check, then rename
+        if path.exists():
+            raise FileExistsError(f"{path} exists; nothing was replaced") from None
+        os.replace(tmp, path)
+    else:
+        os.unlink(tmp)
+
+
 def read_metadata(path: Union[str, Path]) -> dict:
     """The validated JSON metadata of a weight file, without loading its tensors."""
     path = Path(path)
-    _check_container(path)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get(METADATA_KEY)
-    except Exception as exc:  # safetensors raises several types for damaged headers
-        raise WeightFileError(f"{path.name}: not a readable safetensors file, probably truncated "
-                              f"or corrupted ({exc})") from None
-    if raw is None:
-        raise WeightFileError(f"{path.name}: a safetensors file, but not an Embedding Sanitizer "
-                              f"(no '{METADATA_KEY}' metadata)")
-    try:
-        meta = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise WeightFileError(f"{path.name}: its metadata is not valid JSON ({exc})") from None
-    _check_metadata(path.name, meta)
-    return meta
+    return _parse_metadata(path, _read_header(path))
 
 
 def load_sanitizer(path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> EmbeddingSanitizer:
+    """Build the network only after the header's tensor list matches what the metadata
+    implies (sizes already bounded): a hostile file cannot make us allocate more than it holds."""
     path = Path(path)
-    meta = read_metadata(path)
-    config = SanitizerConfig(**{k: meta[k] for k in (
-        "embed_dim", "concepts", "pooled_dim", "chunk_length", "max_tokens", "width", "layers",
-        "heads", "encoder_family", "encoder_name")})
+    header = _read_header(path)
+    meta = _parse_metadata(path, header)
+    try:
+        config = SanitizerConfig(**{k: meta[k] for k in (
+            "embed_dim", "concepts", "pooled_dim", "chunk_length", "max_tokens", "width", "layers",
+            "heads", "encoder_family", "encoder_name")})
+        with torch.device("meta"):       # shapes only, no memory
+            expected = {k: tuple(v.shape) for k, v in EmbeddingSanitizer(config).state_dict().items()}
+    except ValueError as exc:
+        raise WeightFileError(f"{path.name}: its metadata describes no valid network ({exc})") from None
+    found = {k: v for k, v in header.items() if k != "__metadata__"}
+    if set(found) != set(expected):
+        missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+        raise WeightFileError(f"{path.name}: tensors do not match its metadata "
+                              f"(missing {missing[:3]}, unexpected {extra[:3]})")
+    for key, shape in expected.items():
+        if tuple(found[key]["shape"]) != shape:
+            raise WeightFileError(f"{path.name}: tensor '{key}' has shape {tuple(found[key]['shape'])}, "
+                                  f"its metadata implies {shape}")
     model = EmbeddingSanitizer(config)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     try:
         with safe_open(str(path), framework="pt") as f:
-            found = set(f.keys())
-            if found != set(expected):
-                missing, extra = sorted(set(expected) - found), sorted(found - set(expected))
-                raise WeightFileError(f"{path.name}: tensors do not match its metadata "
-                                      f"(missing {missing[:3]}, unexpected {extra[:3]})")
             state = {}
             for key in expected:
                 tensor = f.get_tensor(key)
-                if tuple(tensor.shape) != expected[key]:
-                    raise WeightFileError(f"{path.name}: tensor '{key}' has shape {tuple(tensor.shape)}, "
-                                          f"its metadata implies {expected[key]}")
                 if not torch.isfinite(tensor).all():
                     raise WeightFileError(f"{path.name}: tensor '{key}' holds NaN or infinite values")
                 state[key] = tensor.float()
@@ -114,20 +135,76 @@ def load_sanitizer(path: Union[str, Path], device: Union[str, torch.device] = "c
     return model.to(device).eval()
 
 
-def _check_container(path: Path) -> None:
+def _read_header(path: Path) -> dict:
+    """The safetensors header (tensor entries and '__metadata__'), checked entry by entry
+    against the file's size; float tensors only."""
     if not path.is_file():
         raise WeightFileError(f"no sanitizer weight file at {path}")
+    size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
-    if head.startswith(_PICKLE_MAGICS):
-        raise WeightFileError(f"{path.name}: this is a pickle (.pt/.ckpt) file; sanitizer weights are "
-                              f"safetensors only and pickles are never loaded")
-    if len(head) < 8:
-        raise WeightFileError(f"{path.name}: file is empty or truncated ({len(head)} bytes)")
-    header_size = int.from_bytes(head, "little")
-    if header_size > path.stat().st_size - 8:
-        raise WeightFileError(f"{path.name}: not a safetensors file, or truncated "
-                              f"(its header claims {header_size} bytes, the file has {path.stat().st_size})")
+        if head.startswith(_PICKLE_MAGICS):
+            raise WeightFileError(f"{path.name}: this is a pickle (.pt/.ckpt) file; sanitizer weights are "
+                                  f"safetensors only and pickles are never loaded")
+        if len(head) < 8:
+            raise WeightFileError(f"{path.name}: file is empty or truncated ({len(head)} bytes)")
+        header_size = int.from_bytes(head, "little")
+        if header_size > size - 8:
+            raise WeightFileError(f"{path.name}: not a safetensors file, or truncated "
+                                  f"(its header claims {header_size} bytes, the file has {size})")
+        if header_size > MAX_HEADER_BYTES:
+            raise WeightFileError(f"{path.name}: its header is {header_size} bytes, more than a sanitizer's "
+                                  f"{MAX_HEADER_BYTES} at most")
+        raw = f.read(header_size)
+    header = _json(path, raw, "header")
+    if not isinstance(header, dict):
+        raise WeightFileError(f"{path.name}: not a safetensors file (its header is not a JSON object)")
+    metadata = header.get("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise WeightFileError(f"{path.name}: not a safetensors file (its '__metadata__' is not text entries)")
+    data_size = size - 8 - header_size
+    for key, entry in header.items():
+        if key != "__metadata__":
+            _check_tensor_entry(path.name, key, entry, data_size)
+    return header
+
+
+def _check_tensor_entry(name: str, key: str, entry, data_size: int) -> None:
+    if not isinstance(entry, dict) or not isinstance(entry.get("shape"), list) \
+            or not isinstance(entry.get("data_offsets"), list) or len(entry["data_offsets"]) != 2:
+        raise WeightFileError(f"{name}: header entry '{key[:60]}' is not a safetensors tensor entry")
+    dtype = entry.get("dtype")
+    if dtype not in FLOAT_DTYPE_BYTES:
+        raise WeightFileError(f"{name}: tensor '{key[:60]}' is {str(dtype)[:20]}; sanitizer weights are "
+                              f"floating point ({', '.join(FLOAT_DTYPE_BYTES)})")
+    numbers = entry["shape"] + entry["data_offsets"]
+    if len(entry["shape"]) > 8 or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numbers):
+        raise WeightFileError(f"{name}: tensor '{key[:60]}' has an impossible shape or offsets")
+    begin, end = entry["data_offsets"]
+    count = 1
+    for n in entry["shape"]:
+        count *= n
+    if not begin <= end <= data_size or end - begin != count * FLOAT_DTYPE_BYTES[dtype]:
+        raise WeightFileError(f"{name}: tensor '{key[:60]}' does not fit in the file, which is probably "
+                              f"truncated or corrupted")
+
+
+def _json(path: Path, raw, what: str):
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:   # invalid text or UTF-8, or nested too deeply
+        detail = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:120]
+        raise WeightFileError(f"{path.name}: its {what} is not valid JSON ({detail})") from None
+
+
+def _parse_metadata(path: Path, header: dict) -> dict:
+    raw = header.get("__metadata__", {}).get(METADATA_KEY)
+    if raw is None:
+        raise WeightFileError(f"{path.name}: a safetensors file, but not an Embedding Sanitizer "
+                              f"(no '{METADATA_KEY}' metadata)")
+    meta = _json(path, raw, "metadata")
+    _check_metadata(path.name, meta)
+    return meta
 
 
 def _check_metadata(name: str, meta) -> None:
@@ -140,17 +217,26 @@ def _check_metadata(name: str, meta) -> None:
             raise WeightFileError(f"{name}: metadata '{key}' should be {kind.__name__}, "
                                   f"got {type(meta[key]).__name__}")
     if meta["format_version"] != FORMAT_VERSION:
-        raise WeightFileError(f"{name}: format version {meta['format_version']} is not supported "
+        raise WeightFileError(f"{name}: format version {_short(meta['format_version'])} is not supported "
                               f"(this version reads {FORMAT_VERSION}); update Embedding Sanitizer")
-    if not meta["concepts"] or not all(isinstance(c, str) and c for c in meta["concepts"]):
-        raise WeightFileError(f"{name}: metadata 'concepts' must be a non-empty list of names")
-    if meta["embed_dim"] <= 0 or meta["pooled_dim"] < 0 or meta["chunk_length"] < 0:
-        raise WeightFileError(f"{name}: metadata sizes are out of range "
-                              f"(embed_dim {meta['embed_dim']}, pooled_dim {meta['pooled_dim']}, "
-                              f"chunk_length {meta['chunk_length']})")
+    for key, (low, high) in SIZE_BOUNDS.items():
+        if not low <= meta[key] <= high:
+            raise WeightFileError(f"{name}: metadata '{key}' is {_short(meta[key])}, outside {low}..{high}")
+    concepts = meta["concepts"]
+    try:
+        if not concepts or len(concepts) > MAX_CONCEPTS or validation.concepts(concepts) != tuple(concepts):
+            raise validation.InvalidValue("names must be distinct, without surrounding spaces")
+    except validation.InvalidValue as exc:
+        raise WeightFileError(f"{name}: metadata 'concepts' must be a list of 1 to {MAX_CONCEPTS} distinct "
+                              f"names ({exc})") from None
     if meta["chunk_length"] and meta["max_tokens"] != meta["chunk_length"]:
         raise WeightFileError(f"{name}: max_tokens {meta['max_tokens']} differs from chunk_length "
                               f"{meta['chunk_length']}")
-    if meta["width"] % max(meta["heads"], 1) or meta["heads"] <= 0 or meta["layers"] <= 0:
+    if meta["width"] % meta["heads"]:
         raise WeightFileError(f"{name}: network sizes are inconsistent "
                               f"(width {meta['width']}, heads {meta['heads']}, layers {meta['layers']})")
+
+
+def _short(number: int) -> str:
+    text = str(number)
+    return text if len(text) <= 24 else text[:20] + "..."

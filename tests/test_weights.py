@@ -134,3 +134,101 @@ def test_embedded_default_is_valid_and_meets_its_targets():
     assert heldout["benign_cosine_mean"] >= 0.99
     assert heldout["benign_gated_share"] <= 0.05
     assert meta["training"]["command"].startswith("python -m embedding_sanitizer train")
+
+
+def write_raw(path, tensors, metadata_text):
+    save_file(tensors, str(path), metadata={"embedding_sanitizer": metadata_text})
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"layers": 10 ** 9}, "'layers' is 1000000000, outside"),
+    ({"embed_dim": 10 ** 30}, "'embed_dim' is 10000000000000000000\\.\\.\\., outside"),
+    ({"width": 2 ** 70}, "'width' is"),
+    ({"pooled_dim": -6}, "'pooled_dim' is -6, outside"),
+    ({"max_tokens": 0, "chunk_length": 0}, "'max_tokens' is 0, outside"),
+    ({"width": 0}, "'width' is 0, outside"),
+    ({"heads": 0}, "'heads' is 0, outside"),
+    ({"concepts": ["nudity", "nudity"]}, "distinct"),
+    ({"concepts": [" nudity", "violence"]}, "distinct"),
+    ({"concepts": ["nudity", 7]}, "concepts"),
+    ({"concepts": [f"c{i}" for i in range(65)]}, "1 to 64"),
+    ({"layers": 64, "width": 8192, "heads": 8}, "tensors do not match"),   # in bounds: still nothing built
+    ({"format_version": 10 ** 400}, "format version"),
+])
+def test_hostile_metadata_is_one_line_error_naming_the_file(tmp_path, model, changes, message):
+    path = save_sanitizer(model, tmp_path / "hostile.safetensors", SUMMARY)
+    rewrite(path, **changes)
+    with pytest.raises(WeightFileError, match=message) as info:
+        load_sanitizer(path)
+    text = str(info.value)
+    assert text.startswith("hostile.safetensors: ") and "\n" not in text
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[" * 100000 + "]" * 100000, "nested too deeply"),
+    ('{"a": ' * 50000 + "1" + "}" * 50000, "nested too deeply"),
+    ("[1, 2]", "JSON object"),
+    ("{not json", "not valid JSON"),
+])
+def test_metadata_text_that_is_not_a_json_object(tmp_path, model, text, message):
+    path = tmp_path / "m.safetensors"
+    write_raw(path, {"w": torch.zeros(2)}, text)
+    with pytest.raises(WeightFileError, match=message):
+        read_metadata(path)
+
+
+def test_deeply_nested_header_is_refused(tmp_path):
+    body = ('{"a":' * 100000 + "1" + "}" * 100000).encode()
+    path = tmp_path / "deep.safetensors"
+    path.write_bytes(len(body).to_bytes(8, "little") + body)
+    with pytest.raises(WeightFileError, match="deep.safetensors: its header is not valid JSON"):
+        load_sanitizer(path)
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.bool, torch.int8])
+def test_only_float_tensors_load(tmp_path, model, dtype):
+    path = save_sanitizer(model, tmp_path / "s.safetensors", SUMMARY)
+    from safetensors.torch import load_file
+    tensors = load_file(str(path))
+    tensors["project.weight"] = tensors["project.weight"].to(dtype)
+    rewrite(path, tensors)
+    with pytest.raises(WeightFileError, match="'project.weight' is .*floating point"):
+        load_sanitizer(path)
+
+
+def test_half_precision_files_still_load(tmp_path, model):
+    path = save_sanitizer(model, tmp_path / "s.safetensors", SUMMARY)
+    from safetensors.torch import load_file
+    rewrite(path, {k: v.half() for k, v in load_file(str(path)).items()})
+    assert load_sanitizer(path).config.embed_dim == 24
+
+
+def test_offsets_outside_the_file_are_refused(tmp_path, model):
+    path = save_sanitizer(model, tmp_path / "s.safetensors", SUMMARY)
+    data = bytearray(path.read_bytes())
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    key = next(k for k in header if k != "__metadata__")
+    header[key]["shape"] = [10 ** 12]
+    body = json.dumps(header).encode()
+    path.write_bytes(len(body).to_bytes(8, "little") + body + bytes(data[8 + n:]))
+    with pytest.raises(WeightFileError, match="does not fit in the file"):
+        load_sanitizer(path)
+
+
+def test_save_without_overwrite_keeps_a_file_that_appeared(tmp_path, model, monkeypatch):
+    target = tmp_path / "s.safetensors"
+    real_save = weights.save_file
+
+    def save_while_someone_else_writes(tensors, filename, metadata):
+        target.write_bytes(b"someone else's file")
+        real_save(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(weights, "save_file", save_while_someone_else_writes)
+    with pytest.raises(FileExistsError, match="appeared"):
+        save_sanitizer(model, target, SUMMARY, overwrite=False)
+    assert target.read_bytes() == b"someone else's file"
+    assert [p.name for p in tmp_path.iterdir()] == ["s.safetensors"]
+    monkeypatch.setattr(weights, "save_file", real_save)
+    save_sanitizer(model, tmp_path / "new.safetensors", SUMMARY, overwrite=False)
+    assert load_sanitizer(tmp_path / "new.safetensors").config.embed_dim == 24
