@@ -16,14 +16,18 @@ duck typing, so unit tests can build look-alikes and CI can run them without a w
 
 from __future__ import annotations
 
+import hashlib
 import html
+import json
 import re
-from dataclasses import dataclass, field
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import torch
 
-from . import families
+from . import families, validation
 from .model import DEFAULT_THRESHOLD
 
 SECTION = ("embedding_sanitizer", "Embedding Sanitizer")
@@ -58,14 +62,34 @@ class RefusedGeneration(RuntimeError):
 
 
 # ----------------------------------------------------------------------------- settings
+#
+# Every value below may come from an API request (alwayson_scripts args, override_settings),
+# from POST /sdapi/v1/options or from a hand-edited config.json: of any type, NaN, huge.
+# The webui's ScriptRunner swallows exceptions from hooks, so nothing here may raise:
+# enforcement is decided first, from values no request can reach; while it is on, a value
+# that cannot be read refuses the generation; while it is off, such a value is replaced by
+# its default and a note says so.
 
-def parse_concepts(value: Any) -> Optional[tuple[str, ...]]:
-    """'nudity, violence' / ['nudity'] -> ('nudity', 'violence'); empty -> None (all concepts)."""
-    if value is None:
-        return None
-    items = value.replace("+", ",").split(",") if isinstance(value, str) else list(value)
-    names = tuple(dict.fromkeys(str(v).strip() for v in items if str(v).strip()))
-    return names or None
+class _Unreadable:
+    """Stands for an option whose reading raised."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+    def __repr__(self):
+        return f"<unreadable: {self.error!r}>"[:120]
+
+
+def read_options(read: Callable[[str], Any]) -> dict:
+    """Every option of ours through `read` (e.g. getattr on the webui's opts); a key whose
+    reading raises is kept as an _Unreadable value instead of raising."""
+    values = {}
+    for key in DEFAULTS:
+        try:
+            values[key] = read(key)
+        except Exception as exc:
+            values[key] = _Unreadable(exc)
+    return values
 
 
 @dataclass(frozen=True)
@@ -77,57 +101,145 @@ class Decision:
     concepts: Optional[tuple[str, ...]]   # None = every concept of the weight file
     weights: str                           # file name inside models/sanitizers
     enforced: bool
+    refusal: Optional[str] = None          # enforced and a value could not be read: refuse
+    notes: tuple[str, ...] = ()            # values replaced by defaults (not enforced)
 
 
-def resolve_settings(opts: Mapping[str, Any], ui_enabled: Optional[bool] = None,
-                     ui_intensity: Optional[float] = None, operator: Optional[Mapping[str, Any]] = None) -> Decision:
-    """Combine the settings (`opts`, already including any override_settings) with the
-    per-generation control (None = not given, e.g. an API request without alwayson args).
-
-    Enforcement ("enforce on every generation", an option the API cannot change) makes the
-    sanitizer active whatever the request says, erases every concept of the weight file with
-    threshold 0, and uses at least the operator's minimum intensity: a request can only make
-    it stronger.
-
-    `operator` holds values no request can reach: the command-line flag and the enforcement
-    options as they were when the webui started (Forge's POST /sdapi/v1/options ignores
-    `restrict_api`, so the live option alone is not enough). Enforcement is on if either
-    says so, with the higher minimum intensity: a running webui can tighten it, only a
-    restart loosens it.
-    """
-    get = lambda key: opts.get(key, DEFAULTS[key])  # noqa: E731
-    enabled = bool(get(OPT_ENABLED)) if ui_enabled is None else bool(ui_enabled)
-    intensity = float(get(OPT_INTENSITY)) if ui_intensity is None else float(ui_intensity)
-    if intensity != intensity or intensity < 0:     # NaN or negative
-        intensity = 0.0
-    threshold = min(max(float(get(OPT_THRESHOLD)), 0.0), 1.0)
-    concepts = parse_concepts(get(OPT_CONCEPTS))
-    weights = str(get(OPT_WEIGHTS) or "").strip()
-    operator = operator or {}
-    enforced = bool(get(OPT_ENFORCE)) or bool(operator.get(OPT_ENFORCE))
-    if enforced:
-        floors = [_positive(get(OPT_ENFORCE_INTENSITY))]
-        if operator.get(OPT_ENFORCE):
-            floors.append(_positive(operator.get(OPT_ENFORCE_INTENSITY, 1.0)))
-        floor = max(floors)
-        return Decision(True, max(intensity, floor), 0.0, None, weights, True)
-    return Decision(enabled and intensity > 0, intensity, threshold, concepts, weights, False)
-
-
-def _positive(value) -> float:
-    """A minimum intensity: a positive number, else 1.0."""
+def _floor(value: Any) -> Optional[float]:
+    """A valid minimum intensity (positive), else None."""
     try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return 1.0
-    return value if value == value and value > 0 else 1.0
+        value = validation.intensity(value)
+    except validation.InvalidValue:
+        return None
+    return value if value > 0 else None
 
 
 def operator_settings(startup_opts: Mapping[str, Any], flag: bool = False) -> dict:
-    """The enforcement an operator set outside any request: config at startup, or the flag."""
-    enforce = bool(flag) or bool(startup_opts.get(OPT_ENFORCE, False))
+    """What the operator set outside any request: the config as it was at startup, or the
+    --embedding-sanitizer-enforce flag. While enforced, its weight file, concepts and minimum
+    intensity are pinned: no request or later option change can loosen them."""
+    def startup(key):
+        try:
+            return startup_opts.get(key, DEFAULTS[key])
+        except Exception as exc:
+            return _Unreadable(exc)
+    enforce = flag is True or _switched_on(startup(OPT_ENFORCE))
     return {OPT_ENFORCE: enforce,
-            OPT_ENFORCE_INTENSITY: _positive(startup_opts.get(OPT_ENFORCE_INTENSITY, 1.0))}
+            OPT_ENFORCE_INTENSITY: _floor(startup(OPT_ENFORCE_INTENSITY)) or 1.0,
+            OPT_WEIGHTS: startup(OPT_WEIGHTS), OPT_CONCEPTS: startup(OPT_CONCEPTS)}
+
+
+def _switched_on(value: Any) -> bool:
+    """An enforcement switch: anything but False / None / 0 / '' (an odd value, or one that
+    could not be read, counts as on: the safe reading)."""
+    return not (value is False or value is None or value == 0 or value == "") if not isinstance(
+        value, _Unreadable) else True
+
+
+def is_enforced(opts: Mapping[str, Any], operator: Optional[Mapping[str, Any]] = None) -> bool:
+    """Enforcement: the operator's startup snapshot, or the live option switched on. Cannot raise."""
+    try:
+        if operator and operator.get(OPT_ENFORCE) is True:
+            return True
+        return _switched_on(opts.get(OPT_ENFORCE, False))
+    except Exception:
+        return True
+
+
+def resolve_settings(opts: Mapping[str, Any], ui_enabled: Any = None, ui_intensity: Any = None,
+                     operator: Optional[Mapping[str, Any]] = None) -> Decision:
+    """Combine the settings (`opts`, already including any override_settings) with the
+    per-generation control (None = not given, e.g. an API request without alwayson args).
+    Never raises.
+
+    Enforced (see is_enforced): the sanitizer is active whatever the request says, with the
+    operator's weight file and concepts from startup (`operator`), threshold 0, and at least
+    the minimum intensity (the higher of the startup one and a live one): a request can only
+    make it stronger. A request value that is not a valid intensity refuses the generation.
+    Not enforced: invalid values fall back to their defaults, each with a note.
+    """
+    operator = operator or {}
+    enforced = is_enforced(opts, operator)
+    try:
+        return (_enforced_decision if enforced else _free_decision)(opts, ui_enabled, ui_intensity, operator)
+    except Exception as exc:             # a bug or a value no check foresaw: same rules
+        if enforced:
+            return _refused(f"its settings could not be read ({exc})")
+        return Decision(False, 0.0, 0.0, None, "", False,
+                        notes=(f"Embedding Sanitizer: settings could not be read ({exc}); not sanitized",))
+
+
+def _refused(why: str, weights: str = "") -> Decision:
+    return Decision(True, 1.0, 0.0, None, weights, True,
+                    refusal=f"Embedding Sanitizer: {why}; enforcement is on, so the generation is refused")
+
+
+def _enforced_decision(opts, ui_enabled, ui_intensity, operator) -> Decision:
+    floor = max(operator.get(OPT_ENFORCE_INTENSITY) or 1.0, _floor(opts.get(OPT_ENFORCE_INTENSITY)) or 0.0)
+    weights = operator.get(OPT_WEIGHTS, "")
+    if not isinstance(weights, str):
+        return _refused(f"the operator's weight file setting {weights!r:.60} is not a file name")
+    try:
+        concepts = validation.concepts(operator.get(OPT_CONCEPTS))
+    except validation.InvalidValue as exc:
+        return _refused(f"the operator's concepts setting is invalid ({exc})", weights)
+    requested = opts.get(OPT_INTENSITY, DEFAULTS[OPT_INTENSITY]) if ui_intensity is None else ui_intensity
+    try:
+        intensity = validation.intensity(requested)
+    except validation.InvalidValue as exc:
+        return _refused(f"the requested {exc}", weights)
+    return Decision(True, max(intensity, floor), 0.0, concepts, weights.strip(), True)
+
+
+def _free_decision(opts, ui_enabled, ui_intensity, operator) -> Decision:
+    notes = []
+
+    def checked(value, check, default, what):
+        try:
+            return check(value)
+        except (validation.InvalidValue, TypeError) as exc:
+            notes.append(f"Embedding Sanitizer: {what}: {exc}; using {default!r} instead")
+            return default
+
+    def flag(value):
+        if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
+            return bool(value)
+        raise validation.InvalidValue(f"expected true or false, got {value!r:.60}")
+
+    def name(value):
+        if not isinstance(value, str):
+            raise validation.InvalidValue(f"expected a file name, got {value!r:.60}")
+        return value.strip()
+
+    enabled_default = checked(opts.get(OPT_ENABLED, DEFAULTS[OPT_ENABLED]), flag, DEFAULTS[OPT_ENABLED],
+                              "the 'sanitize by default' setting")
+    enabled = enabled_default if ui_enabled is None else checked(ui_enabled, flag, enabled_default,
+                                                                 "the requested on/off value")
+    intensity_default = checked(opts.get(OPT_INTENSITY, DEFAULTS[OPT_INTENSITY]), validation.intensity,
+                                DEFAULTS[OPT_INTENSITY], "the default intensity setting")
+    intensity = intensity_default if ui_intensity is None else checked(
+        ui_intensity, validation.intensity, intensity_default, "the requested intensity")
+    threshold = checked(opts.get(OPT_THRESHOLD, DEFAULTS[OPT_THRESHOLD]), validation.threshold,
+                        DEFAULTS[OPT_THRESHOLD], "the threshold setting")
+    concepts = checked(opts.get(OPT_CONCEPTS, DEFAULTS[OPT_CONCEPTS]), validation.concepts, None,
+                       "the concepts setting")
+    weights = checked(opts.get(OPT_WEIGHTS, DEFAULTS[OPT_WEIGHTS]), name, "", "the weight file setting")
+    return Decision(enabled and intensity > 0, intensity, threshold, concepts, weights, False, notes=tuple(notes))
+
+
+def fit_concepts(decision: Decision, file_concepts: Sequence[str]) -> Decision:
+    """Check the decision's concepts against the weight file's: an unknown one refuses an
+    enforced generation, and otherwise falls back to every concept, with a note."""
+    if decision.concepts is None:
+        return decision
+    try:
+        validation.concepts(decision.concepts, file_concepts)
+        return decision
+    except validation.InvalidValue as exc:
+        if decision.enforced:
+            return _refused(f"the operator's concepts do not fit the weight file ({exc})", decision.weights)
+        note = f"Embedding Sanitizer: {exc}; erasing every concept of the file instead"
+        return replace(decision, concepts=None, notes=decision.notes + (note,))
 
 
 def pick_weights(requested: str, available: Sequence[str]) -> Optional[str]:
@@ -214,6 +326,14 @@ class SanitizeLedger:
     produced: set = field(default_factory=set)      # ids of sanitized conds
     keep: list = field(default_factory=list)        # keeps produced objects alive (stable ids)
     results: list = field(default_factory=list)     # (original cond, SanitizeResult) in order
+
+    def result_for(self, sanitized_cond):
+        """The SanitizeResult that produced `sanitized_cond`, or None if it is not ours."""
+        wanted = _key(sanitized_cond)
+        for original, new in self.done.values():
+            if _key(new) == wanted:
+                return next(r for o, r in self.results if o is original)
+        return None
 
 
 def sanitize_conditioning(conditioning, fn: Callable, ledger: SanitizeLedger, pooled_dim: int = 0) -> int:
@@ -314,7 +434,8 @@ def report_html(rows: Sequence[Mapping], title: str = "") -> str:
         cls = f"es-token es-{level}" + (" es-erased" if r.get("erased") else "")
         tip = f"{r.get('concept', '')} score {r['score']:.2f}, gate {r.get('gate', 0.0):.2f}"
         spans.append(f"<span class='{cls}' title='{html.escape(tip, quote=True)}'>"
-                     f"{html.escape(str(r['token']))}<sub>{r['score']:.2f}</sub></span>")
+                     f"<span class='es-text'>{html.escape(str(r['token']))}</span>"
+                     f"<sub>{r['score']:.2f}</sub></span>")
     head = f"<div class='es-title'>{html.escape(title)}</div>" if title else ""
     return f"<div class='es-tokens'>{head}{' '.join(spans)}</div>"
 
@@ -351,9 +472,13 @@ def parse_infotext(value: str) -> Optional[dict]:
     m = _INFOTEXT.match(value)
     if not m:
         return None
+    try:
+        concepts = validation.concepts(m["concepts"]) if m["concepts"] else None
+    except validation.InvalidValue:
+        return None
     return {"weights": m["weights"], "intensity": float(m["intensity"]),
             "threshold": float(m["threshold"] or 0.0),
-            "concepts": parse_concepts(m["concepts"]) if m["concepts"] else None,
+            "concepts": concepts,
             "erased_tokens": int(m["erased"]), "enforced": bool(m["enforced"])}
 
 
@@ -368,3 +493,75 @@ def settings_from_infotext(params: Mapping[str, Any]) -> dict:
     if parsed["enforced"]:      # enforced runs used threshold 0 and every concept
         options.update({OPT_THRESHOLD: 0.0, OPT_CONCEPTS: ""})
     return {"enabled": True, "intensity": parsed["intensity"], "options": options}
+
+
+# ----------------------------------------------------------------------------- display
+#
+# The accordion shows the state of the generation the browser just received, never one
+# of another user or an earlier run: after each generation the page sends its own
+# generation info (JSON) and log text; the token display is looked up by its prompt and
+# infotext value, so nobody can see a display without already knowing that prompt.
+
+class DisplayStore:
+    """The token displays of recent generations, keyed by (prompt, infotext value)."""
+
+    def __init__(self, size: int = 256):
+        self.size = size
+        self._items: "OrderedDict[str, str]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(prompt: str, infotext_value: str) -> str:
+        return hashlib.sha256(f"{prompt}\0{infotext_value}".encode("utf-8", "replace")).hexdigest()
+
+    def put(self, prompt: str, infotext_value: str, tokens_html: str) -> None:
+        with self._lock:
+            self._items[self.key(prompt, infotext_value)] = tokens_html
+            self._items.move_to_end(self.key(prompt, infotext_value))
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def get(self, prompt: str, infotext_value: str) -> Optional[str]:
+        with self._lock:
+            return self._items.get(self.key(prompt, infotext_value))
+
+
+def warning_html(text: str) -> str:
+    return f"<div class='es-warning'>{html.escape(text)}</div>"
+
+
+def _our_log_lines(log_text: str) -> list[str]:
+    lines = [line.strip() for line in str(log_text or "").splitlines() if "Embedding Sanitizer" in line]
+    return [line[:600] for line in lines[:6]]
+
+
+def display_html(store: DisplayStore, request: Any) -> str:
+    """The accordion's display for the page's latest generation.
+
+    `request`: JSON text {"info": <the page's generation info JSON text>, "log": <the text
+    of the page's log area>}, as javascript/embedding_sanitizer.js sends it. Never raises.
+    """
+    try:
+        request = json.loads(request) if isinstance(request, str) and request else {}
+        info_text, log_text = request.get("info") or "", request.get("log") or ""
+        info = json.loads(info_text) if isinstance(info_text, str) and info_text.strip() else None
+        notes = _our_log_lines(log_text if isinstance(log_text, str) else "")
+    except (ValueError, AttributeError, RecursionError):
+        return warning_html("Embedding Sanitizer: the page sent an unreadable generation result")
+    warnings = "".join(warning_html(n) for n in notes)
+    if not isinstance(info, dict):
+        if any("refused" in n for n in notes):
+            return "<div class='es-status'>This generation was refused.</div>" + warnings
+        return warnings
+    params = info.get("extra_generation_params")
+    value = params.get(INFOTEXT_KEY) if isinstance(params, dict) else None
+    if not isinstance(value, str):
+        why = "" if notes else " (the toggle was off)"
+        return f"<div class='es-status'>This generation was not sanitized{why}.</div>" + warnings
+    prompts = info.get("all_prompts")
+    prompt = prompts[0] if isinstance(prompts, list) and prompts else info.get("prompt", "")
+    tokens = store.get(str(prompt), value)
+    if tokens is None:
+        tokens = ("<div class='es-tokens es-empty'>The token scores of this generation are no longer "
+                  "kept (the webui restarted or many generations followed).</div>")
+    return (f"<div class='es-status'>Sanitized: {html.escape(value)}</div>" + warnings + tokens)

@@ -26,6 +26,7 @@ replaces the positive conditioning with one that raises as soon as the sampler r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -47,8 +48,14 @@ finally:
 
 from embedding_sanitizer import load_sanitizer, read_metadata  # noqa: E402
 from embedding_sanitizer import a1111 as W  # noqa: E402
+from embedding_sanitizer import validation  # noqa: E402
 from embedding_sanitizer import report  # noqa: E402
 from embedding_sanitizer.report import token_report  # noqa: E402
+
+try:
+    from modules.ui_components import InputAccordion    # A1111 1.7+, Forge
+except ImportError:  # pragma: no cover
+    InputAccordion = None
 
 try:
     from modules.paths import models_path
@@ -67,7 +74,11 @@ OPERATOR = W.operator_settings(dict(getattr(shared.opts, "data", {}) or {}),
 
 _lock = threading.Lock()
 _models: dict = {}                        # (path, mtime, device) -> EmbeddingSanitizer
-_last_html = {"txt2img": "", "img2img": ""}
+DISPLAYS = W.DisplayStore()               # token displays of recent generations (see W.display_html)
+
+INTENSITY_INFO = ("How strongly flagged tokens are rewritten: 0 = off, 1 = as trained, higher = stronger "
+                  "(a token's change is its score times the intensity, at most 1)")
+THRESHOLD_INFO = "tokens whose harmfulness score is below this are left exactly as they are; 0 = gate every token by its score"
 
 
 def weight_files() -> list[str]:
@@ -139,15 +150,21 @@ class EmbeddingSanitizerScript(scripts.Script):
 
     def ui(self, is_img2img):
         tab = "img2img" if is_img2img else "txt2img"
-        with gr.Accordion(W.SCRIPT_TITLE, open=False, elem_id=f"embedding_sanitizer_{tab}"):
-            enabled = gr.Checkbox(label="Sanitize the prompt embedding", value=bool(opt(W.OPT_ENABLED)),
-                                  elem_id=f"embedding_sanitizer_{tab}_enabled")
-            intensity = gr.Slider(label="Intensity", minimum=0.0, maximum=3.0, step=0.05,
-                                  value=float(opt(W.OPT_INTENSITY)), elem_id=f"embedding_sanitizer_{tab}_intensity")
-            tokens = gr.HTML(value="", elem_id=f"embedding_sanitizer_{tab}_tokens")
-            show = gr.Button("Show token scores of the last generation",
-                             elem_id=f"embedding_sanitizer_{tab}_show")
-            show.click(fn=lambda: _last_html[tab], inputs=[], outputs=[tokens])
+        defaults = W.resolve_settings(W.read_options(opt))
+        default_on = defaults.active
+        intensity_args = dict(label="Intensity", minimum=0.0, maximum=validation.MAX_INTENSITY, step=0.05,
+                              value=defaults.intensity, elem_id=f"embedding_sanitizer_{tab}_intensity",
+                              info=INTENSITY_INFO)
+        if InputAccordion is not None:       # A1111 1.7+ / Forge: the on/off box sits in the header
+            with InputAccordion(default_on, label=W.SCRIPT_TITLE, elem_id=f"embedding_sanitizer_{tab}") as enabled:
+                intensity = gr.Slider(**intensity_args)
+                self.display_ui(tab)
+        else:
+            with gr.Accordion(W.SCRIPT_TITLE, open=False, elem_id=f"embedding_sanitizer_{tab}"):
+                enabled = gr.Checkbox(label="Sanitize the prompt embedding", value=default_on,
+                                      elem_id=f"embedding_sanitizer_{tab}_enabled")
+                intensity = gr.Slider(**intensity_args)
+                self.display_ui(tab)
         self.infotext_fields = [
             (enabled, lambda params: W.settings_from_infotext(params)["enabled"]),
             (intensity, lambda params: W.settings_from_infotext(params).get("intensity", gr.update())),
@@ -155,85 +172,151 @@ class EmbeddingSanitizerScript(scripts.Script):
         self.paste_field_names = []
         return [enabled, intensity]
 
+    @staticmethod
+    def display_ui(tab):
+        """The generation's state and token scores. javascript/embedding_sanitizer.js puts the
+        page's own generation result into `request` and clicks `show` after each generation."""
+        tokens = gr.HTML(value="", elem_id=f"embedding_sanitizer_{tab}_tokens")
+        request = gr.Textbox(value="", visible=False, elem_id=f"embedding_sanitizer_{tab}_request")
+        show = gr.Button("Show", visible=False, elem_id=f"embedding_sanitizer_{tab}_show")
+        show.click(fn=lambda text: W.display_html(DISPLAYS, text), inputs=[request], outputs=[tokens])
+
     # --------------------------------------------------------------------------- generation
+    #
+    # The ScriptRunner swallows exceptions from these hooks and generates on, so: the
+    # decision cannot raise (W.resolve_settings), and while enforcement is on, every failure
+    # poisons the positive conditioning the sampler is about to read.
 
     def decision(self, p, enabled, intensity):
-        # override_settings of a request win over the (default-valued) per-generation args
-        overrides = getattr(p, "override_settings", None) or {}
-        ui_enabled = overrides.get(W.OPT_ENABLED, enabled)
-        ui_intensity = overrides.get(W.OPT_INTENSITY, intensity)
-        opts = {k: opt(k) for k in W.DEFAULTS}
-        return W.resolve_settings(opts, ui_enabled, ui_intensity, OPERATOR)
+        overrides = getattr(p, "override_settings", None)
+        if isinstance(overrides, dict):
+            # override_settings of a request win over the (default-valued) per-generation args
+            enabled = overrides.get(W.OPT_ENABLED, enabled)
+            intensity = overrides.get(W.OPT_INTENSITY, intensity)
+        return W.resolve_settings(W.read_options(opt), enabled, intensity, OPERATOR)
+
+    @staticmethod
+    def enforced():
+        return W.is_enforced(W.read_options(opt), OPERATOR)
 
     def process(self, p, enabled=False, intensity=1.0, *args):
         d = self.decision(p, enabled, intensity)
-        p._embedding_sanitizer = state = {"decision": d, "ledger": W.SanitizeLedger(), "refuse": None,
-                                          "model": None, "weights": None}
+        p._embedding_sanitizer = state = {"decision": d, "ledger": W.SanitizeLedger(), "model": None,
+                                          "weights": None, "erased": None}
+        for note in d.notes:
+            self.warn(p, note)
         if not d.active:
             return
-        privatize_caches(p)
+        try:
+            privatize_caches(p)
+            self.choose_weights(p, state)
+        except Exception as e:
+            self.fail(p, state, f"Embedding Sanitizer: cannot set up this generation ({e})")
+
+    def choose_weights(self, p, state):
+        d = state["decision"]
+        if d.refusal:
+            return
         name = W.pick_weights(d.weights, weight_files())
-        problem = None
         if name is None:
-            problem = (f"Embedding Sanitizer: no weight file '{d.weights or '*.safetensors'}' in {WEIGHTS_DIR}")
-        else:
-            try:
-                meta = read_metadata(os.path.join(WEIGHTS_DIR, name))
-                problem = W.mismatch_message(name, meta.get("encoder_family", "?"), loaded_model_family())
-            except Exception as e:  # unreadable file
-                problem = f"Embedding Sanitizer: cannot use '{name}': {e}"
+            self.fail(p, state, f"Embedding Sanitizer: no weight file '{d.weights or '*.safetensors'}' "
+                                f"in {WEIGHTS_DIR}")
+            return
         state["weights"] = name
+        try:
+            meta = read_metadata(os.path.join(WEIGHTS_DIR, name))
+        except Exception as e:  # unreadable file
+            self.fail(p, state, f"Embedding Sanitizer: cannot use '{name}': {e}")
+            return
+        problem = W.mismatch_message(name, meta.get("encoder_family", "?"), loaded_model_family())
         if problem:
-            log({"event": "problem", "warning": problem, "enforced": d.enforced})
-            if hasattr(p, "comment"):
-                p.comment(problem)
-            _last_html["img2img" if getattr(p, "init_images", None) else "txt2img"] = \
-                f"<div class='es-warning'>{problem}</div>"
-            if d.enforced:
-                state["refuse"] = problem + "; enforcement is on, so the generation is refused"
-            else:
-                state["decision"] = W.Decision(False, d.intensity, d.threshold, d.concepts, d.weights, False)
+            self.fail(p, state, problem)
+            return
+        state["decision"] = fitted = W.fit_concepts(d, meta["concepts"])
+        for note in fitted.notes[len(d.notes):]:
+            self.warn(p, note)
+
+    def fail(self, p, state, problem):
+        """Enforced: refuse (the sanitizer hooks poison the conds); else skip with a warning."""
+        d = state["decision"]
+        log({"event": "problem", "warning": problem, "enforced": d.enforced})
+        if d.enforced:
+            state["decision"] = dataclasses.replace(d, refusal=f"{problem}; enforcement is on, so the generation is refused")
+        else:
+            self.warn(p, f"{problem}; this image was NOT sanitized")
+            state["decision"] = dataclasses.replace(d, active=False)
+
+    @staticmethod
+    def warn(p, text):
+        print(f"*** {text}", file=sys.stderr)
+        if hasattr(p, "comment"):
+            p.comment(text)
 
     def state(self, p, enabled, intensity, c):
-        """p's state from `process`; if that hook failed and enforcement is on, fail closed."""
+        """p's state from `process` when the sanitizer is active; if that hook never ran and
+        enforcement is on, fail closed."""
         state = getattr(p, "_embedding_sanitizer", None)
-        if state is None and self.decision(p, enabled, intensity).enforced:
-            W.poison_conditioning(c, "Embedding Sanitizer did not set up this generation; "
-                                     "enforcement is on, so the generation is refused")
-        return state if state is not None and state["decision"].active else None
+        if state is None:
+            d = self.decision(p, enabled, intensity)
+            if d.enforced:
+                W.poison_conditioning(c, d.refusal or "Embedding Sanitizer did not set up this generation; "
+                                                      "enforcement is on, so the generation is refused")
+            return None
+        return state if state["decision"].active else None
+
+    def guarded(self, p, c, work):
+        """Run `work`; if it raises while enforcement is on, poison `c` before the runner
+        swallows the exception."""
+        try:
+            return work()
+        except Exception as e:
+            if c is not None and self.enforced():
+                W.poison_conditioning(c, f"Embedding Sanitizer failed ({e}); enforcement is on, "
+                                         f"so the generation is refused")
+            raise
 
     def process_batch(self, p, enabled=False, intensity=1.0, *args, **kwargs):
         # A1111 1.6-1.8 only: build the conds now (cached in p's private cache, so the
         # webui's own setup_conds() right after returns these very objects) and sanitize them.
         if HAS_SAMPLING_HOOK:
             return
-        if getattr(p, "_embedding_sanitizer", None) is None and not self.decision(p, enabled, intensity).enforced:
+        state = getattr(p, "_embedding_sanitizer", None)
+        if not ((state is not None and state["decision"].active) or self.enforced()):
             return
-        privatize_caches(p)
-        p.setup_conds()
-        if self.state(p, enabled, intensity, p.c) is not None:
-            self.apply(p, p.c, p.uc, "first")
+
+        def work():
+            privatize_caches(p)
+            p.setup_conds()
+            if self.state(p, enabled, intensity, p.c) is not None:
+                self.apply(p, p.c, p.uc, "first")
+        self.guarded(p, getattr(p, "c", None), work)
 
     def before_hr(self, p, enabled=False, intensity=1.0, *args):
         # A1111 1.6-1.8 only: runs after calculate_hr_conds(), right before the hires sampler.
         if HAS_SAMPLING_HOOK or getattr(p, "hr_c", None) is None:
             return
-        if self.state(p, enabled, intensity, p.hr_c) is not None:
-            self.apply(p, p.hr_c, getattr(p, "hr_uc", None), "hires")
+
+        def work():
+            if self.state(p, enabled, intensity, p.hr_c) is not None:
+                self.apply(p, p.hr_c, getattr(p, "hr_uc", None), "hires")
+        self.guarded(p, p.hr_c, work)
 
     def process_before_every_sampling(self, p, enabled=False, intensity=1.0, *args, **kwargs):
         c = kwargs.get("c")
-        if c is None or self.state(p, enabled, intensity, c) is None:
-            return
-        hires = c is getattr(p, "hr_c", None) and c is not getattr(p, "c", None)
-        self.apply(p, c, kwargs.get("uc"), "hires" if hires else "first")
+
+        def work():
+            if c is None or self.state(p, enabled, intensity, c) is None:
+                return
+            hires = c is getattr(p, "hr_c", None) and c is not getattr(p, "c", None)
+            self.apply(p, c, kwargs.get("uc"), "hires" if hires else "first")
+        self.guarded(p, c, work)
 
     def apply(self, p, c, uc, stage):
         state = p._embedding_sanitizer
         d = state["decision"]
-        if state["refuse"]:
-            W.poison_conditioning(c, state["refuse"])
-            log({"event": "refused", "stage": stage, "warning": state["refuse"]})
+        if d.refusal:
+            W.poison_conditioning(c, d.refusal)
+            log({"event": "refused", "stage": stage, "warning": d.refusal})
             return
         uc_before = W.conditioning_signature(uc) if uc is not None else None
         try:
@@ -250,44 +333,43 @@ class EmbeddingSanitizerScript(scripts.Script):
             n = W.sanitize_conditioning(c, fn, state["ledger"], pooled_dim)
         except Exception as e:
             if d.enforced:
-                W.poison_conditioning(c, f"Embedding Sanitizer failed ({e}); enforcement is on")
-            raise
+                raise
+            self.warn(p, f"Embedding Sanitizer failed ({e}); this image was NOT sanitized")
+            return
         new = state["ledger"].results[before:]
         # "erased tokens": the first image's erased prompt tokens (all parts and schedules),
         # counted once; every position (padding too) only when the prompt cannot be tokenized.
-        erased = self.remember_tokens(p, c, state) if n else None
-        if erased is None:
-            erased = sum(int((r.gates[0] >= report.ERASED_GATE).sum()) for _, r in new)
-        if state.get("erased") is None:
-            state["erased"] = erased
+        display = self.token_display(p, c, state) if n else None
+        if state["erased"] is None:
+            state["erased"] = display[1] if display else sum(
+                int((r.gates[0] >= report.ERASED_GATE).sum()) for _, r in new)
         state["model"] = model
-        p.extra_generation_params[W.INFOTEXT_KEY] = W.format_infotext(state["weights"], d, state["erased"])
-        log({"event": "sanitized", "stage": stage, "new_conds": n, "erased_tokens": erased,
+        value = W.format_infotext(state["weights"], d, state["erased"])
+        p.extra_generation_params[W.INFOTEXT_KEY] = value
+        if display:
+            DISPLAYS.put(first_prompt(p), value, display[0])
+        log({"event": "sanitized", "stage": stage, "new_conds": n, "erased_tokens": state["erased"],
              "weights": state["weights"], "intensity": d.intensity, "enforced": d.enforced,
              "positive_max_change": W.max_change(state["ledger"]),
              "negative_untouched": uc is None or W.conditioning_signature(uc) == uc_before,
              "negative_conds": 0 if uc is None else len(uc_before),
-             "prompt": (getattr(p, "prompts", None) or [p.prompt])[0]})
+             "prompt": first_prompt(p)})
 
-    def remember_tokens(self, p, c, state):
-        """Token scores of the first image's prompt parts, for the accordion's display.
-        Returns how many of its tokens were erased, or None when it cannot tell."""
+    def token_display(self, p, c, state):
+        """(HTML of the first image's prompt parts with their token scores, how many of its
+        tokens were erased), or None when the prompt cannot be tokenized."""
         try:
             engine = text_engine(p.sd_model)
             from modules import prompt_parser
-            prompt = (getattr(p, "prompts", None) or [p.prompt])[0]
-            _, parts, _ = prompt_parser.get_multicond_prompt_list([prompt])
+            _, parts, _ = prompt_parser.get_multicond_prompt_list([first_prompt(p)])
             steps = getattr(p, "steps", 20)
             schedules = prompt_parser.get_learned_conditioning_prompt_schedules(parts, steps)
             tok = getattr(engine, "tokenizer", None)
             specials = {getattr(engine, a, None) for a in ("id_start", "id_end", "id_pad")} - {None}
-            by_original = {id(o if not isinstance(o, dict) else o["crossattn"]): r
-                           for o, r in state["ledger"].results}
-            produced = {W._key(new): W._key(orig) for orig, new in state["ledger"].done.values()}
             html_parts, erased = [], 0
             for composable, part in zip(c.batch[0], schedules):
                 for entry, (_, text) in zip(composable.schedules, part):
-                    result = by_original.get(produced.get(W._key(entry.cond)))
+                    result = state["ledger"].result_for(entry.cond)
                     if result is None:
                         continue
                     chunks, _ = engine.tokenize_line(text)
@@ -298,28 +380,33 @@ class EmbeddingSanitizerScript(scripts.Script):
                     rows = token_report(result, 0, tokens, real)
                     erased += sum(r["erased"] for r in rows)
                     html_parts.append(W.report_html(rows, title=text))
-            if not html_parts:
-                return None
-            tab = "img2img" if getattr(p, "init_images", None) else "txt2img"
-            _last_html[tab] = "".join(html_parts)
-            return erased
+            return ("".join(html_parts), erased) if html_parts else None
         except Exception as e:  # the display is optional; sanitization already happened
             log({"event": "display-failed", "error": repr(e)})
             return None
+
+
+def first_prompt(p) -> str:
+    return str((getattr(p, "prompts", None) or [p.prompt])[0])
 
 
 # ------------------------------------------------------------------------------ callbacks
 
 def on_ui_settings():
     section = W.SECTION
-    add = shared.opts.add_option
+    slider = {"minimum": 0.0, "maximum": validation.MAX_INTENSITY, "step": 0.05}
+
+    def add(key, info):
+        info.category_id = "sd"      # A1111 1.7+ files it under "Stable Diffusion", not "Uncategorized"
+        shared.opts.add_option(key, info)
+
     add(W.OPT_ENABLED, shared.OptionInfo(False, "Sanitize by default (initial state of the per-generation toggle)",
                                          section=section))
-    add(W.OPT_INTENSITY, shared.OptionInfo(1.0, "Default intensity", gr.Slider,
-                                           {"minimum": 0.0, "maximum": 3.0, "step": 0.05}, section=section))
-    add(W.OPT_THRESHOLD, shared.OptionInfo(0.0, "Threshold: tokens scoring below it are left alone", gr.Slider,
+    add(W.OPT_INTENSITY, shared.OptionInfo(1.0, "Default intensity", gr.Slider, slider,
+                                           section=section).info(INTENSITY_INFO))
+    add(W.OPT_THRESHOLD, shared.OptionInfo(0.0, "Threshold", gr.Slider,
                                            {"minimum": 0.0, "maximum": 1.0, "step": 0.01}, section=section,
-                                           infotext=W.PASTE_NAMES[W.OPT_THRESHOLD]))
+                                           infotext=W.PASTE_NAMES[W.OPT_THRESHOLD]).info(THRESHOLD_INFO))
     add(W.OPT_CONCEPTS, shared.OptionInfo("", "Concepts to erase (comma-separated; empty = all the file knows)",
                                           section=section, infotext=W.PASTE_NAMES[W.OPT_CONCEPTS]))
     add(W.OPT_WEIGHTS, shared.OptionInfo("", f"Sanitizer weight file (models/{W.WEIGHTS_FOLDER})", gr.Dropdown,
@@ -327,10 +414,10 @@ def on_ui_settings():
                                          section=section, infotext=W.PASTE_NAMES[W.OPT_WEIGHTS]))
     add(W.OPT_ENFORCE, shared.OptionInfo(False, "Enforce on every generation (per-generation and API controls "
                                                 "cannot turn it off; refuse generations it cannot sanitize)",
-                                         section=section, restrict_api=True))
+                                         section=section, restrict_api=True).info(
+        "weight file, concepts and minimum intensity are pinned to their values at startup; restart to change them"))
     add(W.OPT_ENFORCE_INTENSITY, shared.OptionInfo(1.0, "Minimum intensity when enforced", gr.Slider,
-                                                   {"minimum": 0.05, "maximum": 3.0, "step": 0.05},
-                                                   section=section, restrict_api=True))
+                                                   {**slider, "minimum": 0.05}, section=section, restrict_api=True))
 
 
 def on_infotext_pasted(infotext, params):
@@ -341,8 +428,9 @@ def on_infotext_pasted(infotext, params):
 
 
 def on_model_loaded(sd_model):
-    name = W.pick_weights(str(opt(W.OPT_WEIGHTS) or ""), weight_files())
-    if name is None or not (opt(W.OPT_ENABLED) or opt(W.OPT_ENFORCE)):
+    d = W.resolve_settings(W.read_options(opt), None, None, OPERATOR)
+    name = W.pick_weights(d.weights, weight_files())
+    if name is None or not d.active:
         return
     try:
         family = read_metadata(os.path.join(WEIGHTS_DIR, name)).get("encoder_family", "?")

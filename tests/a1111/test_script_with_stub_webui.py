@@ -21,6 +21,16 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "embedding_sanitizer.
 class Opts(types.SimpleNamespace):
     def add_option(self, key, info):
         setattr(self, key, info.default)
+        self.infos = {**getattr(self, "infos", {}), key: info}
+
+
+class OptionInfo(types.SimpleNamespace):
+    def __init__(self, default=None, label="", *args, **kwargs):
+        super().__init__(default=default, label=label, kw=kwargs, comment="")
+
+    def info(self, text):
+        self.comment = text
+        return self
 
 
 @pytest.fixture()
@@ -38,8 +48,7 @@ def host(tmp_path, monkeypatch):
                                                      on_model_loaded=reg("model_loaded"))
     modules.shared = types.SimpleNamespace(opts=Opts(), sd_model=types.SimpleNamespace(is_sdxl=False, is_sd2=False,
                                                                                      is_sd1=True),
-                                           OptionInfo=lambda default, *a, **k: types.SimpleNamespace(
-                                               default=default, kw=k))
+                                           OptionInfo=OptionInfo)
     paths = types.ModuleType("modules.paths")
     paths.models_path = str(tmp_path)
     for name, mod in {"modules": modules, "modules.scripts": modules.scripts,
@@ -128,17 +137,22 @@ def test_mismatch_without_enforcement_warns_and_skips(host):
     assert any("sdxl-clip-lg" in c for c in p.comments) and W.INFOTEXT_KEY not in p.extra_generation_params
 
 
-def test_mismatch_with_enforcement_refuses(host):
-    host.opts.embedding_sanitizer_weights = "xl.safetensors"
-    host.opts.embedding_sanitizer_enforce = True
+def enforce_at_startup(host, monkeypatch, **options):
+    startup = {W.OPT_ENFORCE: True, **options}
+    monkeypatch.setattr(host.mod, "OPERATOR", W.operator_settings(startup))
+    for key, value in startup.items():
+        setattr(host.opts, key, value)
+
+
+def test_mismatch_with_enforcement_refuses(host, monkeypatch):
+    enforce_at_startup(host, monkeypatch, **{W.OPT_WEIGHTS: "xl.safetensors"})
     p = run(host, FakeP("a cat"))
     with pytest.raises(W.RefusedGeneration, match="refused"):
         list(p.c.batch)
 
 
-def test_missing_weights_with_enforcement_refuses(host):
-    host.opts.embedding_sanitizer_weights = "gone.safetensors"
-    host.opts.embedding_sanitizer_enforce = True
+def test_missing_weights_with_enforcement_refuses(host, monkeypatch):
+    enforce_at_startup(host, monkeypatch, **{W.OPT_WEIGHTS: "gone.safetensors"})
     p = run(host, FakeP("a cat"))
     with pytest.raises(W.RefusedGeneration):
         p.c.batch[0]

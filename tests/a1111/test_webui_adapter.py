@@ -228,10 +228,13 @@ def test_settings_defaults_and_per_generation_control():
 def test_enforcement_cannot_be_turned_off_or_weakened():
     opts = {W.OPT_ENFORCE: True, W.OPT_ENABLED: False, W.OPT_THRESHOLD: 0.9,
             W.OPT_CONCEPTS: "nothing-real", W.OPT_ENFORCE_INTENSITY: 1.0}
-    for ui_enabled, ui_intensity in [(False, 0.0), (None, None), (True, 0.1), (False, -3.0), (True, float("nan"))]:
+    for ui_enabled, ui_intensity in [(False, 0.0), (None, None), (True, 0.1), ("abc", 0.5)]:
         d = W.resolve_settings(opts, ui_enabled, ui_intensity)
-        assert d.active and d.enforced and d.intensity >= 1.0
+        assert d.active and d.enforced and d.intensity >= 1.0 and d.refusal is None
         assert d.threshold == 0.0 and d.concepts is None
+    for bad in (-3.0, float("nan"), "abc", [1], {}, 1e9):
+        d = W.resolve_settings(opts, True, bad)
+        assert d.active and d.enforced and "refused" in d.refusal
     assert W.resolve_settings(opts, True, 2.5).intensity == 2.5      # stronger is allowed
     assert W.resolve_settings({**opts, W.OPT_ENFORCE_INTENSITY: 0}, False, 0).intensity == 1.0
 
