@@ -177,8 +177,9 @@ class EmbeddingSanitizerScript(scripts.Script):
         """The generation's state and token scores. javascript/embedding_sanitizer.js puts the
         page's own generation result into `request` and clicks `show` after each generation."""
         tokens = gr.HTML(value="", elem_id=f"embedding_sanitizer_{tab}_tokens")
-        request = gr.Textbox(value="", visible=False, elem_id=f"embedding_sanitizer_{tab}_request")
-        show = gr.Button("Show", visible=False, elem_id=f"embedding_sanitizer_{tab}_show")
+        # hidden by style.css, not visible=False: gradio 4 (Forge) leaves invisible ones out of the page
+        request = gr.Textbox(value="", elem_id=f"embedding_sanitizer_{tab}_request", elem_classes=["es-hidden"])
+        show = gr.Button("Show", elem_id=f"embedding_sanitizer_{tab}_show", elem_classes=["es-hidden"])
         show.click(fn=lambda text: W.display_html(DISPLAYS, text), inputs=[request], outputs=[tokens])
 
     # --------------------------------------------------------------------------- generation

@@ -2,6 +2,7 @@
 for the webui's `modules` and `gradio`, the way A1111 1.9+ / Forge call them."""
 
 import importlib.util
+import shutil
 import sys
 import types
 from pathlib import Path
@@ -33,8 +34,17 @@ class OptionInfo(types.SimpleNamespace):
         return self
 
 
+@pytest.fixture(scope="session")
+def sanitizer_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sanitizers")
+    save_sanitizer(active_model(), folder / "sd1.safetensors", {"note": "test"})
+    sdxl = active_model(dim=2048, pooled=1280, family="sdxl-clip-lg")
+    save_sanitizer(sdxl, folder / "xl.safetensors", {"note": "test"})
+    return folder
+
+
 @pytest.fixture()
-def host(tmp_path, monkeypatch):
+def host(tmp_path, monkeypatch, sanitizer_files):
     class Script:
         def process_before_every_sampling(self, p, *args, **kwargs):
             pass
@@ -60,9 +70,8 @@ def host(tmp_path, monkeypatch):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     callbacks["ui_settings"]()
-    save_sanitizer(active_model(), tmp_path / "sanitizers" / "sd1.safetensors", {"note": "test"})
-    sdxl = active_model(dim=2048, pooled=1280, family="sdxl-clip-lg")
-    save_sanitizer(sdxl, tmp_path / "sanitizers" / "xl.safetensors", {"note": "test"})
+    for file in sanitizer_files.iterdir():
+        shutil.copy(file, tmp_path / "sanitizers" / file.name)
     return types.SimpleNamespace(mod=mod, opts=modules.shared.opts, callbacks=callbacks, dir=tmp_path / "sanitizers")
 
 

@@ -313,3 +313,69 @@ def test_operator_enforcement_survives_a_live_option_change():
     assert d.enforced and d.intensity == 2.0
     # and nothing is enforced when neither says so
     assert not W.resolve_settings({}, False, 0.0, W.operator_settings({})).active
+
+
+# ----------------------------------------------------------------------------- accordion display (issue 10: 5, 10)
+
+def page(info=None, log=""):
+    """What javascript/embedding_sanitizer.js sends: the page's generation info and log text."""
+    import json
+    return json.dumps({"info": json.dumps(info) if info is not None else "", "log": log})
+
+
+def generation(prompt, value=None):
+    return {"prompt": prompt, "all_prompts": [prompt, prompt],
+            "extra_generation_params": {W.INFOTEXT_KEY: value} if value else {}}
+
+
+def test_display_shows_this_generations_tokens_and_nobody_elses():
+    store = W.DisplayStore()
+    value = "sd1.safetensors, intensity 1, erased tokens 1"
+    store.put("a nude <b>", value, "<div class='es-tokens'>TOKENS-A</div>")
+    mine = W.display_html(store, page(generation("a nude <b>", value)))
+    assert "TOKENS-A" in mine and "Sanitized: sd1.safetensors, intensity 1, erased tokens 1" in mine
+    # another user (or a reload) with another prompt never gets the first one's display
+    other = W.display_html(store, page(generation("a cat", value)))
+    assert "TOKENS-A" not in other and "no longer kept" in other
+    assert W.display_html(store, page()) == ""              # fresh page: nothing to show
+
+
+def test_display_after_a_generation_with_the_toggle_off_drops_the_old_tokens():
+    store = W.DisplayStore()
+    store.put("a nude", "v, intensity 1, erased tokens 1", "TOKENS")
+    out = W.display_html(store, page(generation("a nude")))
+    assert "TOKENS" not in out and "not sanitized (the toggle was off)" in out
+
+
+def test_display_shows_warnings_escaped_and_red():
+    hostile = "Embedding Sanitizer: no weight file '<img src=x onerror=alert(1)>' in /m; this image was NOT sanitized"
+    out = W.display_html(W.DisplayStore(), page(generation("a cat"), log="Steps: 20\n" + hostile))
+    assert "<img" not in out and "&lt;img src=x onerror=alert(1)&gt;" in out
+    assert "class='es-warning'" in out and "not sanitized." in out and "toggle" not in out
+
+
+def test_display_of_a_refused_generation():
+    log = "RefusedGeneration: Embedding Sanitizer: no weight file 'x'; enforcement is on, so the generation is refused"
+    out = W.display_html(W.DisplayStore(), page(None, log))
+    assert "This generation was refused" in out and "es-warning" in out
+
+
+@pytest.mark.parametrize("request_text", [None, 7, "", "{", '{"info": 5}', '{"info": "[1]"}', '{"info": "{"}',
+                                          '{"info": "{\\"extra_generation_params\\": 3}"}', "[" * 100000,
+                                          '{"log": ["x"]}', '"text"'])
+def test_display_never_raises_on_a_malformed_page_request(request_text):
+    out = W.display_html(W.DisplayStore(), request_text)
+    assert isinstance(out, str)
+
+
+def test_display_store_is_bounded():
+    store = W.DisplayStore(size=2)
+    for i in range(3):
+        store.put(f"p{i}", "v", f"T{i}")
+    assert store.get("p0", "v") is None and store.get("p2", "v") == "T2"
+
+
+def test_erased_token_strikes_the_text_not_the_score():
+    rows = [{"token": "nude", "score": 0.9, "gate": 0.9, "concept": "nudity", "erased": True}]
+    out = W.report_html(rows)
+    assert "<span class='es-text'>nude</span><sub>0.90</sub>" in out
