@@ -8,7 +8,7 @@ import os
 import folder_paths
 import torch
 
-from embedding_sanitizer import SanitizerShapeError, families
+from embedding_sanitizer import SanitizerShapeError, families, validation
 from embedding_sanitizer.conditioning import valid_rows
 from embedding_sanitizer.metrics import embedding_cosine
 from embedding_sanitizer.operator import mark_sanitized
@@ -90,6 +90,10 @@ def sanitize_conditioning(conditioning, model, intensity: float, threshold: floa
     With `clip` and `text` (what was encoded) the scores are labelled with the prompt's tokens."""
     if not isinstance(conditioning, (list, tuple)) or not conditioning:
         raise ValueError("Sanitize Conditioning: expected a non-empty CONDITIONING list")
+    try:
+        intensity, threshold = validation.intensity(intensity), validation.threshold(threshold)
+    except validation.InvalidValue as exc:
+        raise ValueError(f"Embedding Sanitizer: {exc}") from None
     out, ui, texts, labels = [], [], [], {}
     for entry_index, entry in enumerate(conditioning):
         embedding, extras = entry[0], entry[1]
@@ -97,7 +101,7 @@ def sanitize_conditioning(conditioning, model, intensity: float, threshold: floa
         check_family(model, embedding, pooled, clip)
         use_pooled = pooled if (torch.is_tensor(pooled) and model.config.pooled_dim) else None
         try:
-            result = model.sanitize(embedding, use_pooled, intensity=float(intensity), threshold=float(threshold),
+            result = model.sanitize(embedding, use_pooled, intensity=intensity, threshold=threshold,
                                     concepts=concepts,
                                     attention_mask=valid_rows(embedding, extras.get("attention_mask")))
         except SanitizerShapeError as exc:

@@ -6,20 +6,34 @@ import os
 
 import folder_paths
 
-from embedding_sanitizer import WeightFileError, load_sanitizer
+from embedding_sanitizer import WeightFileError, load_sanitizer, validation
 from embedding_sanitizer.model import DEFAULT_THRESHOLD
 
 from .common import CATEGORY, FOLDER, node_output, register_folder, sanitize_conditioning
 
 register_folder()
 
-INTENSITY = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 4.0, "step": 0.05, "display": "slider",
+INTENSITY = ("FLOAT", {"default": 1.0, "min": 0.0, "max": validation.MAX_INTENSITY, "step": 0.05, "display": "slider",
                        "tooltip": "How strongly flagged tokens are rewritten: 0 = off (output equals input), "
                                   "1 = as trained, above 1 = stronger."})
 THRESHOLD = ("FLOAT", {"default": DEFAULT_THRESHOLD, "min": 0.0, "max": 1.0, "step": 0.01,
                        "tooltip": "Tokens whose harmfulness score is below this are left untouched "
                                   f"(default {DEFAULT_THRESHOLD:g}: only tokens the sanitizer is more sure of "
                                   "than not; 0 = every token is gated by its score)."})
+
+
+def check_widgets(**values):
+    """VALIDATE_INPUTS: refuse a NaN, infinite or out-of-range widget value before the
+    workflow runs (ComfyUI's own min/max check compares with < and >, which NaN passes).
+    A linked input is not known yet (None) and is checked when the node runs."""
+    checks = {"intensity": validation.intensity, "threshold": validation.threshold}
+    for name, value in values.items():
+        if value is not None:
+            try:
+                checks[name](value)
+            except validation.InvalidValue as exc:
+                return str(exc)
+    return True
 
 
 def _full_path(name: str) -> str:
@@ -85,6 +99,10 @@ class EmbeddingSanitizerApply:
             },
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, intensity=None, threshold=None):
+        return check_widgets(intensity=intensity, threshold=threshold)
+
     RETURN_TYPES = ("CONDITIONING", "STRING")
     RETURN_NAMES = ("conditioning", "report")
     OUTPUT_TOOLTIPS = ("The sanitized conditioning (all other keys kept).",
@@ -108,6 +126,10 @@ class EmbeddingSanitizerCLIPTextEncode:
             "sanitizer": ("SANITIZER", {"tooltip": "From Load Embedding Sanitizer; must match this CLIP."}),
             "intensity": INTENSITY,
         }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, intensity=None):
+        return check_widgets(intensity=intensity)
 
     RETURN_TYPES = ("CONDITIONING", "STRING")
     RETURN_NAMES = ("conditioning", "report")

@@ -10,7 +10,7 @@ import comfy.utils
 import folder_paths
 import torch
 
-from embedding_sanitizer import save_sanitizer
+from embedding_sanitizer import save_sanitizer, validation
 from embedding_sanitizer.corpus import weak_examples
 from embedding_sanitizer.lexicon import Concept, builtin_concepts
 from embedding_sanitizer.train import TrainConfig, train_sanitizer
@@ -37,12 +37,39 @@ def _split_terms(text: str) -> list[str]:
     return [t.strip() for t in re.split(r"[\n,]", text or "") if t.strip()]
 
 
-def _safe_filename(name: str) -> str:
-    base = (name or "").strip().removesuffix(".safetensors")
+MAX_FILENAME_BYTES = 200      # leaves room for the temporary file's prefix and suffix under 255
+# Names Windows reserves for devices, with any extension ("con.safetensors" cannot be created).
+RESERVED_NAMES = {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$",
+                  *(f"{d}{i}" for d in ("COM", "LPT") for i in range(1, 10))}
+
+
+def _safe_filename(name) -> str:
+    base = (name if isinstance(name, str) else "").strip().removesuffix(".safetensors")
     if not base or "/" in base or "\\" in base or not re.fullmatch(r"[\w.\- ]+", base) or base.startswith("."):
-        raise ValueError(f"Train Embedding Sanitizer: '{name}' is not a usable file name "
+        raise ValueError(f"Train Embedding Sanitizer: {name!r:.80} is not a usable file name "
                          f"(letters, digits, space, . _ - only)")
-    return base + ".safetensors"
+    if base.endswith((".", " ")) or base.split(".")[0].strip().upper() in RESERVED_NAMES:
+        raise ValueError(f"Train Embedding Sanitizer: '{base}' is a name Windows reserves (or ends in a dot "
+                         f"or space); pick another file name")
+    filename = base + ".safetensors"
+    if len(filename.encode("utf-8")) > MAX_FILENAME_BYTES:
+        raise ValueError(f"Train Embedding Sanitizer: the file name is {len(filename.encode('utf-8'))} bytes "
+                         f"long; at most {MAX_FILENAME_BYTES} (with .safetensors) can be saved everywhere")
+    return filename
+
+
+def _save_beside(model, target: str, summary: dict, overwrite: bool) -> str:
+    """Save; if the name was taken while training (and overwrite is off), keep the other file
+    and save under the first free '<name>-N' instead, so the run is not lost."""
+    base, ext = os.path.splitext(target)
+    for attempt in range(1, 100):
+        path = target if attempt == 1 else f"{base}-{attempt}{ext}"
+        try:
+            save_sanitizer(model, path, summary, overwrite=overwrite)
+            return path
+        except FileExistsError:
+            continue
+    raise ValueError(f"Train Embedding Sanitizer: {target} and its numbered alternatives all exist")
 
 
 class EmbeddingSanitizerTrain:
@@ -90,6 +117,7 @@ class EmbeddingSanitizerTrain:
 
     def train(self, clip, preset, steps, seed, filename, overwrite=False, custom_concept="",
               custom_terms="", custom_anchors="", pairs_per_concept=2500):
+        # Everything is checked before the (long) encoding and training start.
         concepts = self._concepts(preset, custom_concept, custom_terms, custom_anchors)
         name = _safe_filename(filename)
         target = os.path.join(folder_paths.get_folder_paths(FOLDER)[0], name)
@@ -122,9 +150,10 @@ class EmbeddingSanitizerTrain:
         with torch.inference_mode(False), torch.enable_grad():
             encoder = ComfyTextEncoder(clip, on_encoded)
             model, summary = train_sanitizer(encoder, concepts, config, progress=progress)
-        save_sanitizer(model, target, summary)
+        saved = _save_beside(model, target, summary, bool(overwrite))
         heldout = summary.get("heldout", {})
-        text = (f"saved {target}\nencoder {encoder.name} ({encoder.family}), concepts "
+        moved = "" if saved == target else f" ({os.path.basename(target)} appeared while training and was kept)"
+        text = (f"saved {saved}{moved}\nencoder {encoder.name} ({encoder.family}), concepts "
                 f"{[c.name for c in concepts]}, steps {steps}, seed {seed}\n"
                 + ", ".join(f"{k} {v}" for k, v in heldout.items())
                 + "".join(f"\nwarning: {w}" for w in summary["warnings"]))
@@ -134,15 +163,23 @@ class EmbeddingSanitizerTrain:
     def _concepts(preset, custom_concept, custom_terms, custom_anchors) -> list[Concept]:
         builtin = builtin_concepts()
         chosen = {"nudity + violence": ["nudity", "violence"], "nudity": ["nudity"],
-                  "violence": ["violence"], "custom only": []}[preset]
+                  "violence": ["violence"], "custom only": []}.get(preset)
+        if chosen is None:
+            raise ValueError(f"Train Embedding Sanitizer: unknown preset {preset!r:.80}; choose one of {PRESETS}")
         concepts = [builtin[n] for n in chosen]
         terms, anchors = _split_terms(custom_terms), _split_terms(custom_anchors)
         if terms or anchors or (custom_concept or "").strip():
             if not terms or not anchors:
                 raise ValueError("Train Embedding Sanitizer: a custom concept needs both terms and anchors")
+            name = (custom_concept or "custom").strip()
+            if not re.fullmatch(r"[\w\- ]+", name) or len(name) > validation.MAX_CONCEPT_NAME:
+                raise ValueError(f"Train Embedding Sanitizer: custom concept {name!r:.80} must be a short name "
+                                 f"(letters, digits, space, _ -; at most {validation.MAX_CONCEPT_NAME} characters)")
+            if name in chosen:
+                raise ValueError(f"Train Embedding Sanitizer: the custom concept is named '{name}' like a concept "
+                                 f"of the preset '{preset}'; give it another name or choose 'custom only'")
             held = max(1, len(terms) // 5) if len(terms) >= 5 else 0
-            concepts.append(Concept((custom_concept or "custom").strip(), tuple(terms[held:]), tuple(anchors),
-                                    tuple(terms[:held])))
+            concepts.append(Concept(name, tuple(terms[held:]), tuple(anchors), tuple(terms[:held])))
         if not concepts:
             raise ValueError("Train Embedding Sanitizer: 'custom only' needs custom terms and anchors")
         return concepts

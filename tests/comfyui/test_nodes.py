@@ -187,3 +187,29 @@ def test_encode_node_equals_encode_then_sanitize(nodes, sd1_clip, sd1_sanitizer,
     torch.testing.assert_close(cond[0][0], ref[0][0])
     assert "pooled_output" in cond[0][1]
     assert out["ui"]["token_scores"][0]["tokens"][4]["token"] == "nude"
+
+
+BAD_WIDGET_VALUES = [float("nan"), float("inf"), -float("inf"), -0.5, 1e308, "0.5", None, [1], {}]
+
+
+@pytest.mark.parametrize("value", BAD_WIDGET_VALUES, ids=repr)
+def test_nan_and_out_of_range_widgets_are_refused(nodes, sd1_clip, sd1_sanitizer, clip_text_encode, value):
+    # ComfyUI's own min/max check compares with < and >, which NaN passes: VALIDATE_INPUTS
+    # refuses it before the workflow runs, and the node itself refuses it when linked.
+    apply_node, encode_node = nodes["EmbeddingSanitizerApply"], nodes["EmbeddingSanitizerCLIPTextEncode"]
+    if value is not None:
+        assert "intensity must be a number" in apply_node.VALIDATE_INPUTS(intensity=value, threshold=0.0)
+        assert "threshold must be a number" in apply_node.VALIDATE_INPUTS(intensity=1.0, threshold=value)
+        assert "intensity must be a number" in encode_node.VALIDATE_INPUTS(intensity=value)
+    cond = encode(clip_text_encode, sd1_clip, PROMPT)
+    for kw in ({"intensity": value}, {"threshold": value}):
+        with pytest.raises(ValueError, match="must be a number"):
+            apply(nodes, cond, sd1_sanitizer, **kw)
+    with pytest.raises(ValueError, match="intensity must be a number"):
+        encode_node().encode(sd1_clip, PROMPT, sd1_sanitizer, value)
+
+
+def test_valid_widgets_pass_validation(nodes):
+    assert nodes["EmbeddingSanitizerApply"].VALIDATE_INPUTS(intensity=4.0, threshold=1.0) is True
+    assert nodes["EmbeddingSanitizerApply"].VALIDATE_INPUTS() is True          # linked inputs: checked at run time
+    assert nodes["EmbeddingSanitizerCLIPTextEncode"].VALIDATE_INPUTS(intensity=0) is True

@@ -67,10 +67,46 @@ def test_interrupt_stops_training_and_saves_nothing(nodes, sd1_clip, sanitizers_
     assert not (sanitizers_dir / "interrupted.safetensors").exists()
 
 
-def test_bad_inputs_are_refused(nodes, sd1_clip):
-    with pytest.raises(ValueError, match="terms and anchors"):
-        run_train(nodes, sd1_clip, "x", custom_terms="gore")
-    with pytest.raises(ValueError, match="custom only"):
-        run_train(nodes, sd1_clip, "x", preset="custom only")
-    with pytest.raises(ValueError, match="file name"):
-        run_train(nodes, sd1_clip, "../escape")
+GORE = dict(custom_terms="gore, guts", custom_anchors="paint, ribbons")
+
+
+@pytest.mark.parametrize("filename, kw, message", [
+    ("x", dict(custom_terms="gore"), "terms and anchors"),
+    ("x", dict(preset="custom only"), "custom only"),
+    ("x", dict(preset="everything"), "unknown preset"),
+    ("../escape", {}, "file name"),
+    ("a" * 236, {}, "at most 200"),
+    ("\u00e9" * 95, {}, "at most 200"),                   # 190 characters, 190 x 2 bytes
+    ("CON", {}, "reserves"), ("nul", {}, "reserves"), ("aux.v2", {}, "reserves"), ("LPT1", {}, "reserves"),
+    ("trailing.", {}, "reserves"),
+    ("x", dict(preset="nudity", custom_concept="nudity", **GORE), "named 'nudity' like a concept"),
+    ("x", dict(preset="nudity + violence", custom_concept=" violence ", **GORE), "like a concept"),
+    ("x", dict(custom_concept="gore, blood", **GORE), "short name"),
+    ("x", dict(custom_concept="g+b", **GORE), "short name"),
+])
+def test_bad_requests_are_refused_before_encoding(nodes, sd1_clip, monkeypatch, filename, kw, message):
+    import sys
+    module = sys.modules[type(nodes["EmbeddingSanitizerTrain"]()).__module__]
+
+    def must_not_encode(clip):
+        raise AssertionError("encoding started before the request was checked")
+    monkeypatch.setattr(module, "ComfyClipEncoder", must_not_encode)
+    with pytest.raises(ValueError, match=message):
+        run_train(nodes, sd1_clip, filename, **kw)
+
+
+def test_a_file_that_appears_during_training_is_kept(nodes, sd1_clip, sanitizers_dir, monkeypatch):
+    import sys
+    module = sys.modules[type(nodes["EmbeddingSanitizerTrain"]()).__module__]
+    real_train = module.train_sanitizer
+    target = sanitizers_dir / "appeared.safetensors"
+
+    def train_while_someone_saves(*args, **kwargs):
+        result = real_train(*args, **kwargs)
+        target.write_bytes(b"another user's file")
+        return result
+    monkeypatch.setattr(module, "train_sanitizer", train_while_someone_saves)
+    out = run_train(nodes, sd1_clip, "appeared", steps=2)
+    assert target.read_bytes() == b"another user's file"
+    assert (sanitizers_dir / "appeared-2.safetensors").is_file()
+    assert "appeared-2.safetensors (appeared.safetensors appeared while training and was kept)" in out["result"][1]
