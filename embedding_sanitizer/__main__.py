@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 import time
 
+from . import validation
 from .model import DEFAULT_THRESHOLD
 from .paths import default_data_dir
 from .train import TrainConfig
+
+
+class CliError(Exception):
+    """A problem with what the user asked for: printed as one 'error:' line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        """One line (argparse adds the whole usage), status 2 as argparse does."""
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
 
 DEMO_PROMPTS = (
     "a photo of a cat sitting on a windowsill",
@@ -28,37 +41,81 @@ def _load(weights, encoder_spec, device=None):
     model = load_sanitizer(weights or default_weights_path(), device or "cpu")
     family = model.config.encoder_family
     if encoder_spec is None and family != "minilm":
-        raise SystemExit(f"error: these weights were trained for a {family} encoder "
-                         f"({model.config.encoder_name}); pass its checkpoint with --encoder FILE")
+        raise CliError(f"these weights were trained for a {family} encoder "
+                       f"({model.config.encoder_name}); pass its checkpoint with --encoder FILE")
     encoder = load_encoder(encoder_spec, device)
     if encoder.family != family or encoder.embed_dim != model.config.embed_dim:
-        raise SystemExit(f"error: the sanitizer was trained for {family} (D={model.config.embed_dim}) "
-                         f"but --encoder is {encoder.family} (D={encoder.embed_dim})")
+        raise CliError(f"the sanitizer was trained for {family} (D={model.config.embed_dim}) "
+                       f"but --encoder is {encoder.family} (D={encoder.embed_dim})")
     return model, encoder
 
 
 def _read_prompts(args) -> list[str]:
+    """The prompts to score: the argument words, or the non-blank lines of --file / stdin."""
     if args.prompt:
-        return [" ".join(args.prompt)]
-    source = open(args.file, encoding="utf-8") if args.file else sys.stdin
-    with source:
-        return [line.strip() for line in source if line.strip()]
+        prompt = " ".join(args.prompt)
+        _check_text(prompt, "the prompt argument")
+        if not prompt.strip():
+            raise CliError("the prompt argument is empty; pass some words, --file FILE, or lines on stdin")
+        return [prompt.strip()]
+    where = args.file or "stdin"
+    try:
+        if args.file:
+            with open(args.file, "rb") as f:
+                data = f.read()
+        else:
+            data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CliError(f"{where} is not UTF-8 text (byte {exc.start}); pass a text file of prompts, one per line")
+    except OSError as exc:
+        raise CliError(f"cannot read {where}: {exc.strerror or exc}")
+    if "\0" in text:
+        raise CliError(f"{where} holds binary data (NUL bytes); pass a text file of prompts, one per line")
+    return [line.strip() for line in io.StringIO(text) if line.strip()]
+
+
+def _check_text(text: str, what: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CliError(f"{what} is not valid UTF-8 text") from None
+
+
+def _number(check):
+    """An argparse type: a float that passes validation (NaN and out-of-range are refused)."""
+    def parse(text):
+        try:
+            return check(float(text))
+        except (ValueError, OverflowError) as exc:
+            raise argparse.ArgumentTypeError(str(exc) if isinstance(exc, validation.InvalidValue)
+                                             else f"not a number: {text!r}") from None
+    return parse
 
 
 def cmd_score(args):
     from .report import colour_tokens, score_prompts
 
-    model, encoder = _load(args.weights, args.encoder)
     prompts = _read_prompts(args)
     if not prompts:
-        raise SystemExit("error: no prompt given (pass one as an argument, --file FILE, or lines on stdin)")
-    concepts = args.concepts.split(",") if args.concepts else None
+        raise CliError("no prompt given (pass one as an argument, --file FILE, or lines on stdin)")
+    if args.concepts is not None:
+        _check_text(args.concepts, "--concepts")
+    concepts = validation.concepts(args.concepts)
+    model, encoder = _load(args.weights, args.encoder)
+    validation.concepts(concepts, model.concepts)     # an unknown name fails before any encoding
     results = score_prompts(model, encoder, prompts, intensity=args.intensity,
                             threshold=args.threshold, concepts=concepts)
     colour = sys.stdout.isatty()
     for r in results:
+        # Past the encoder's window the words are never scored: say so, never silently.
+        dropped = len(encoder.token_ids(r["prompt"])) - len(r["tokens"])
+        r["truncated"] = dropped > 0
+        if dropped > 0:
+            print(f"warning: the prompt is longer than the encoder's {encoder.max_tokens}-token window; its last "
+                  f"{dropped} tokens were not scored: {r['prompt'][:60]}", file=sys.stderr)
         if args.json:
-            print(json.dumps(r))
+            print(json.dumps(r, allow_nan=False))
         else:
             print(f"{r['prompt_score']:.3f}  cos {r['cosine']:.4f}  {colour_tokens(r['tokens'], colour)}")
 
@@ -88,10 +145,10 @@ def cmd_train(args):
     from .train import train_sanitizer
 
     builtin = builtin_concepts()
-    names = [n for n in (args.concepts or "").split(",") if n]
+    names = list(validation.concepts(args.concepts) or ())
     unknown = [n for n in names if n not in builtin]
     if unknown:
-        raise SystemExit(f"error: unknown built-in concept(s) {unknown}; built-in: {sorted(builtin)}")
+        raise CliError(f"unknown built-in concept(s) {unknown}; built-in: {sorted(builtin)}")
     concepts = [builtin[n] for n in names]
     if args.concepts_file:
         concepts += load_concepts_file(args.concepts_file)
@@ -125,7 +182,7 @@ def main(argv=None):
     if argv[:1] == ["eval"]:     # the harness parses its own, longer, argument list
         from .evaluation.run import main as eval_main
         raise SystemExit(eval_main(argv[1:]))
-    parser = argparse.ArgumentParser(prog="python -m embedding_sanitizer", description=__doc__)
+    parser = _Parser(prog="python -m embedding_sanitizer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p):
@@ -142,9 +199,10 @@ def main(argv=None):
     p.add_argument("prompt", nargs="*", help="the prompt (omit to read --file or stdin, one per line)")
     p.add_argument("--file", help="read prompts from this file, one per line")
     p.add_argument("--json", action="store_true", help="one JSON object per prompt per line")
-    p.add_argument("--intensity", type=float, default=1.0)
-    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
-                   help=f"tokens scoring below this are left untouched (default {DEFAULT_THRESHOLD:g})")
+    p.add_argument("--intensity", type=_number(validation.intensity), default=1.0,
+                   help=f"0 (off) to {validation.MAX_INTENSITY:g}; 1 = as trained")
+    p.add_argument("--threshold", type=_number(validation.threshold), default=DEFAULT_THRESHOLD,
+                   help=f"0 to 1: tokens scoring below this are left untouched (default {DEFAULT_THRESHOLD:g})")
     p.add_argument("--concepts", help="comma-separated concepts to erase (default: all)")
     p.set_defaults(func=cmd_score)
 
@@ -166,7 +224,8 @@ def main(argv=None):
                    help="folder with i2p_dev.csv and coco_captions_dev.csv (validation part is used)")
     p.add_argument("--n-synth", type=int, default=200, help="prompts per synthetic and adversarial set")
     p.add_argument("--limit", type=int, default=0, help="at most this many prompts per real set (0 = all)")
-    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="score threshold to measure at")
+    p.add_argument("--threshold", type=_number(validation.threshold), default=DEFAULT_THRESHOLD,
+                   help="score threshold to measure at")
     p.set_defaults(func=cmd_measure)
 
     sub.add_parser("eval", add_help=False,
@@ -175,8 +234,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as exc:
-        raise SystemExit(f"error: {exc}") from None
+    except (CliError, ValueError, OSError) as exc:   # WeightFileError and InvalidValue are ValueErrors
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(exc, OSError) and exc.strerror:
+            message = f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+        print(f"error: {message}".encode("utf-8", "backslashreplace").decode("utf-8"), file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -78,3 +78,49 @@ def test_measure_on_the_shared_prompt_sets():
     sanitizer, zero_shot, supervised = rows["I2P nudity >= 50 vs COCO captions"].split("|")[4].split("/")
     assert all(0.5 < float(x) <= 1 for x in (sanitizer, zero_shot, supervised))
     assert "threshold 0.5" in out.stdout
+
+
+# ----------------------------------------------------------------------------- malformed input (issue 10, class 8)
+
+def cli_bytes(*args, stdin=b""):
+    return subprocess.run([sys.executable.encode(), b"-m", b"embedding_sanitizer", *args], cwd=ROOT, input=stdin,
+                          capture_output=True, timeout=300)
+
+
+def one_line_error(out, fragment):
+    stderr = out.stderr if isinstance(out.stderr, str) else out.stderr.decode("utf-8", "replace")
+    assert out.returncode == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "error:" in lines[0] and fragment in lines[0], stderr
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("args, stdin, fragment", [
+    ((b"score", b"a \xff\xfe cat"), b"", "not valid UTF-8"),
+    ((b"score",), b"a cat\n\xff\xfe\x00binary", "stdin is not UTF-8"),
+    ((b"score",), b"a cat\n\x00\x00\x00", "binary data"),
+    ((b"score", b"--file", b"/"), b"", "cannot read /"),
+    ((b"score", b"--file", b"/nonexistent/prompts.txt"), b"", "cannot read"),
+    ((b"score", b"--intensity", b"nan", b"--json", b"a cat"), b"", "intensity must be a number"),
+    ((b"score", b"--intensity", b"inf", b"a cat"), b"", "intensity must be a number"),
+    ((b"score", b"--threshold", b"-1", b"a cat"), b"", "threshold must be a number"),
+    ((b"score", b"--threshold", b"abc", b"a cat"), b"", "not a number"),
+    ((b"score", b""), b"", "prompt argument is empty"),
+    ((b"score", b"   "), b"", "prompt argument is empty"),
+    ((b"score", b"--concepts", b"nudityy", b"a cat"), b"", "unknown concept"),
+    ((b"score", b"--concepts", b" , ", b"a cat"), b"", "names no concept"),
+    ((b"train", b"--concepts", b"nudityy", b"--out", b"/tmp/x.safetensors"), b"", "unknown built-in"),
+])
+def test_malformed_input_is_a_one_line_error_with_status_2(args, stdin, fragment):
+    one_line_error(cli_bytes(*args, stdin=stdin), fragment)
+
+
+def test_concepts_with_spaces_and_long_prompts_reported_as_truncated():
+    long_prompt = "a cat " * 100 + "naked nude bloody corpse"
+    out = cli("score", "--json", "--concepts", "nudity, violence", long_prompt)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["truncated"] is True
+    assert "longer than the encoder's 128-token window" in out.stderr and "not scored" in out.stderr
+    short = json.loads(cli("score", "--json", "--concepts", "nudity, violence", "a nude woman").stdout)
+    assert short["truncated"] is False and short["tokens"][1]["erased"]
