@@ -6,15 +6,20 @@
 # The webui checkout is a plain source tree (`git archive` of
 # lllyasviel/stable-diffusion-webui-forge or AUTOMATIC1111/stable-diffusion-webui) with its
 # repositories/ already in place at the commits its launch_utils.py pins (Forge:
-# huggingface_guess; A1111: stable-diffusion-stability-ai, generative-models, k-diffusion).
+# huggingface_guess; A1111: stable-diffusion-stability-ai, generative-models, k-diffusion,
+# stable-diffusion-webui-assets) and, for A1111 (started with --skip-prepare-environment),
+# openai's CLIP package installed in the venv. README.md ("Checking it in a real webui")
+# gives the steps for both.
 # Nothing is downloaded: the checkpoint is random (make_random_sd15_checkpoint.py, which
-# needs a Forge tree for its configs and key conversion; for A1111 pass an existing one in
-# RANDOM_CKPT), the CLIP tokenizer is the one Forge ships in backend/huggingface or, for
-# A1111, built offline from open-clip's vocabulary into an HF cache
-# (make_offline_clip_tokenizer.py), the sanitizers are random test files
-# (make_test_sanitizers.py). Select phases with PHASES="normal enforce bare".
-# It installs this repository as extensions/embedding-sanitizer, then runs three phases
-# through the HTTP API (webui_api_check.py): normal, enforce, and without the extension.
+# needs a Forge tree's configs and huggingface_guess for its key conversion; for A1111 make
+# it once with a Forge tree, or pass an existing one in RANDOM_CKPT), the CLIP tokenizer is
+# the one Forge ships in backend/huggingface or, for A1111, built offline from open-clip's
+# vocabulary into an HF cache (make_offline_clip_tokenizer.py), the sanitizers are random
+# test files (make_test_sanitizers.py). Select phases with PHASES="normal enforce refuse bare".
+# It installs this repository as extensions/embedding-sanitizer, then runs four phases
+# through the HTTP API (webui_api_check.py): normal; enforce (including wrong-typed values
+# in args, override_settings and saved options); enforcement with a mismatching sanitizer
+# pinned at startup (refused); and without the extension.
 set -euo pipefail
 WEBUI=$(realpath "$1"); PY=$(realpath -s "$2"); PORT=${PORT:-7899}
 HERE=$(cd "$(dirname "$0")" && pwd); REPO=$(cd "$HERE/../.." && pwd)
@@ -34,6 +39,10 @@ if [ ! -f "$CKPT" ] && [ -n "${RANDOM_CKPT:-}" ]; then
   mkdir -p "$(dirname "$CKPT")"; ln -s "$(realpath "$RANDOM_CKPT")" "$CKPT"
 fi
 if [ ! -f "$CKPT" ]; then
+  if [ $FLAVOR = a1111 ]; then
+    echo "A1111: set RANDOM_CKPT to a checkpoint made by make_random_sd15_checkpoint.py with a Forge tree" >&2
+    exit 2
+  fi
   mkdir -p "$(dirname "$CKPT")"
   "$PY" "$HERE/make_random_sd15_checkpoint.py" --configs "$WEBUI/backend/huggingface/runwayml/stable-diffusion-v1-5" \
       --convert "$WEBUI/repositories/huggingface_guess" --out "$CKPT"
@@ -46,10 +55,10 @@ install_extension() {
   (cd "$REPO" && git ls-files -co --exclude-standard -z | xargs -0 cp --parents -t "$WEBUI/extensions/embedding-sanitizer")
 }
 
-start() {   # $1 = enforce true/false, rest = extra args
-  local enforce=$1; shift
+start() {   # $1 = enforce true/false, $2 = weight file, rest = extra args
+  local enforce=$1 weights=$2; shift 2
   cat > "$OUT/config.json" <<JSON
-{"sd_model_checkpoint": "random-sd15.safetensors", "embedding_sanitizer_weights": "test-sd1-active.safetensors",
+{"sd_model_checkpoint": "random-sd15.safetensors", "embedding_sanitizer_weights": "$weights",
  "embedding_sanitizer_enforce": $enforce, "hires_fix_use_firstpass_conds": false}
 JSON
   (cd "$WEBUI" && EMBEDDING_SANITIZER_DEBUG_LOG="$LOG" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
@@ -75,12 +84,13 @@ trap stop EXIT
 install_extension
 rm -f "$LOG"
 status=0
-PHASES=${PHASES:-normal enforce bare}
+PHASES=${PHASES:-normal enforce refuse bare}
 for phase in $PHASES; do
   case $phase in
-    normal)  start false ;;
-    enforce) start true ;;
-    bare)    start false --disable-extra-extensions ;;
+    normal)  start false test-sd1-active.safetensors ;;
+    enforce) start true test-sd1-active.safetensors ;;
+    refuse)  start true test-sdxl.safetensors ;;
+    bare)    start false test-sd1-active.safetensors --disable-extra-extensions ;;
   esac
   "$PY" "$HERE/webui_api_check.py" "http://127.0.0.1:$PORT" "$phase" "$LOG" || status=1
   stop

@@ -11,7 +11,11 @@ phase "normal": the extension is installed, enforcement off.
 phase "enforce": started with enforcement on in config.json.
   4. the request's toggle off and intensity 0, override_settings and POST /sdapi/v1/options
      switching enforcement off are all ignored: still sanitized, "enforced";
-  5. an SDXL sanitizer with the SD 1.x checkpoint refuses the generation (no image).
+  5. another weight file named by override_settings is ignored: the operator's is pinned;
+  6. wrong-typed values in alwayson args, override_settings and saved options: every
+     request is refused or sanitized ("enforced"), never answered with an unsanitized image.
+phase "refuse": enforcement on with an SDXL sanitizer pinned at startup and an SD 1.x
+  checkpoint: the generation is refused (no image).
 phase "bare": the webui without the extension: generation works, no sanitizer infotext.
 """
 
@@ -129,17 +133,47 @@ elif PHASE == "enforce":
     s, out = post("/sdapi/v1/options", {"embedding_sanitizer_enforce": False,
                                         "embedding_sanitizer_enforce_min_intensity": 0.05})
     with urllib.request.urlopen(URL + "/sdapi/v1/options", timeout=60) as r:
-        live = json.loads(r.read()).get("embedding_sanitizer_enforce")
-    print(f"   POST /sdapi/v1/options enforce=false: HTTP {s}, live option now {live} "
-          "(A1111 refuses restricted options there; Forge 2 does not)")
+        live = json.loads(r.read()).get("embedding_sanitizer_enforce", "not listed")
+    print(f"   POST /sdapi/v1/options enforce=false: HTTP {s}; GET shows {live} (for information only: "
+          "A1111 never lists extension options there, Forge 2 lists them and lets the POST through)")
     s, out, info, _ = txt2img(alwayson_scripts={KEY: {"args": [False, 0.0]}})
     text = info["infotexts"][0]
     check(s == 200 and "enforced" in text and "intensity 1," in text,
           "enforced: switching the option off through /sdapi/v1/options does not turn it off")
-    n = log_len()
     s, out, info, _ = txt2img(override_settings={"embedding_sanitizer_weights": "test-sdxl.safetensors"})
+    text = info["infotexts"][0] if info else str(out)
+    check(s == 200 and "test-sd1-active.safetensors" in text and "enforced" in text,
+          f"enforced: a request cannot pick another weight file (HTTP {s})")
+
+    def refused_or_sanitized(what, **request):
+        s, out, info, _ = txt2img(**request)
+        text = info["infotexts"][0] if s == 200 and info else ""
+        outcome = ("sanitized" if KEY in text and "enforced" in text else "UNSANITIZED") if s == 200 else \
+            ("refused" if "refused" in str(out) else f"HTTP {s}")
+        check(outcome in ("refused", "sanitized"), f"enforced, {what}: {outcome}")
+
+    BAD = ["abc", None, [1], {}, float("nan"), -5, 1e308]
+    for value in BAD:
+        refused_or_sanitized(f"args [true, {value!r}]", alwayson_scripts={KEY: {"args": [True, value]}})
+    for value in ["abc", [1], {}]:
+        refused_or_sanitized(f"args [{value!r}, 1.0]", alwayson_scripts={KEY: {"args": [value, 1.0]}})
+    for key in ("embedding_sanitizer_intensity", "embedding_sanitizer_threshold", "embedding_sanitizer_concepts",
+                "embedding_sanitizer_enabled", "embedding_sanitizer_weights"):
+        for value in ["abc", None, 5, [1], {}, float("nan")]:
+            refused_or_sanitized(f"override_settings {key}={value!r}", override_settings={key: value})
+    for key, value in (("embedding_sanitizer_threshold", "abc"), ("embedding_sanitizer_intensity", None),
+                       ("embedding_sanitizer_concepts", 5)):
+        s, _ = post("/sdapi/v1/options", {key: value})
+        refused_or_sanitized(f"saved option {key}={value!r} (POST HTTP {s})")
+        refused_or_sanitized(f"saved option {key}={value!r}, second request")
+        post("/sdapi/v1/options", {key: {"embedding_sanitizer_threshold": 0.0, "embedding_sanitizer_intensity": 1.0,
+                                         "embedding_sanitizer_concepts": ""}[key]})
+
+elif PHASE == "refuse":
+    n = log_len()
+    s, out, info, _ = txt2img(alwayson_scripts={KEY: {"args": [True, 1.0]}})
     print("   response:", str(out)[:300])
-    check(s != 200 and "refused" in str(out), f"enforced + mismatching sanitizer: refused (HTTP {s})")
+    check(s != 200 and "refused" in str(out), f"enforced + mismatching sanitizer pinned: refused (HTTP {s})")
     check(any(e["event"] == "refused" for e in events(n)), "refusal logged")
 
 elif PHASE == "bare":
