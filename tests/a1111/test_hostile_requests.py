@@ -206,3 +206,28 @@ def test_failure_while_sanitizing_without_enforcement_is_said(host):
     p.a = torch.zeros(5, 768)
     generate(host, p)
     assert any("NOT sanitized" in c for c in p.comments)
+
+
+def test_enforced_with_weights_that_overflow_is_refused_not_called_enforced(host, monkeypatch):
+    # finite weights so large that the scores come out NaN: must not pass as "enforced"
+    from embedding_sanitizer import load_sanitizer
+    model = load_sanitizer(host.dir / "sd1.safetensors")
+    with torch.no_grad():
+        model.project.weight.fill_(3e38)
+    save_sanitizer(model, host.dir / "overflow.safetensors", {"note": "hostile"})
+    enforce(host, monkeypatch, **{W.OPT_WEIGHTS: "overflow.safetensors"})
+    p = FakeP("a cat")
+    assert generate(host, p) == "refused"
+    assert W.INFOTEXT_KEY not in p.extra_generation_params
+    with pytest.raises(W.RefusedGeneration, match="NaN or infinite"):
+        list(p.c.batch)
+
+
+def test_a_hostile_weight_file_name_reaches_the_page_only_escaped(host):
+    name = "<img src=x onerror=alert(1)>.safetensors"
+    p = FakeP("a cat")
+    p.override_settings = {W.OPT_WEIGHTS: name}
+    assert generate(host, p) == "unsanitized"
+    [comment] = [c for c in p.comments if "no weight file" in c]     # plain text: the webui escapes comments
+    shown = W.display_html(W.DisplayStore(), f'{{"info": "", "log": {__import__("json").dumps(comment)}}}')
+    assert "<img" not in shown and "&lt;img src=x onerror=alert(1)&gt;" in shown

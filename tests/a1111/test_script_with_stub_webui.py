@@ -216,3 +216,49 @@ def test_enforced_but_process_hook_failed_fails_closed(host):
     host.mod.EmbeddingSanitizerScript().process_before_every_sampling(p, True, 1.0, c=p.c, uc=p.uc)
     with pytest.raises(W.RefusedGeneration):
         list(p.c.batch)
+
+
+class FakeComponent:
+    made = []
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs, self.clicks = args, kwargs, []
+        FakeComponent.made.append(self)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def click(self, fn, inputs, outputs):
+        self.clicks.append((fn, inputs, outputs))
+
+
+@pytest.mark.parametrize("with_input_accordion", [True, False], ids=["1.7+/Forge", "1.6"])
+def test_ui_wires_the_toggle_slider_and_per_page_display(host, monkeypatch, with_input_accordion):
+    fake_gr = types.SimpleNamespace(**{n: type(n, (FakeComponent,), {}) for n in
+                                       ("Accordion", "Checkbox", "Slider", "HTML", "Textbox", "Button")},
+                                    update=lambda **k: k)
+    monkeypatch.setattr(host.mod, "gr", fake_gr)
+    monkeypatch.setattr(host.mod, "InputAccordion", type("InputAccordion", (FakeComponent,), {})
+                        if with_input_accordion else None)
+    FakeComponent.made = []
+    script = host.mod.EmbeddingSanitizerScript()
+    enabled, intensity = script.ui(is_img2img=False)
+    kinds = {type(c).__name__: c for c in FakeComponent.made}
+    assert type(enabled).__name__ == ("InputAccordion" if with_input_accordion else "Checkbox")
+    assert enabled.kwargs.get("value", enabled.args[0] if enabled.args else None) is False
+    assert intensity.kwargs["maximum"] == 4.0 and intensity.kwargs["value"] == 1.0 and intensity.kwargs["info"]
+    assert kinds["Textbox"].kwargs["elem_classes"] == ["es-hidden"]
+    [(fn, inputs, outputs)] = kinds["Button"].clicks
+    assert inputs == [kinds["Textbox"]] and outputs == [kinds["HTML"]]
+    assert "not sanitized" in fn('{"info": "{\\"prompt\\": \\"a\\", \\"extra_generation_params\\": {}}", "log": ""}')
+    assert [f[0] for f in script.infotext_fields] == [enabled, intensity]
+
+
+def test_settings_are_explained_and_filed_under_stable_diffusion(host):
+    infos = host.opts.infos
+    assert all(info.category_id == "sd" for info in infos.values())
+    assert "score" in infos[W.OPT_THRESHOLD].comment and "intensity" in infos[W.OPT_INTENSITY].comment.lower()
+    assert infos[W.OPT_ENFORCE].kw["restrict_api"] and infos[W.OPT_ENFORCE_INTENSITY].kw["restrict_api"]
