@@ -15,7 +15,9 @@
 # it once with a Forge tree, or pass an existing one in RANDOM_CKPT), the CLIP tokenizer is
 # the one Forge ships in backend/huggingface or, for A1111, built offline from open-clip's
 # vocabulary into an HF cache (make_offline_clip_tokenizer.py), the sanitizers are random
-# test files (make_test_sanitizers.py). Select phases with PHASES="normal enforce refuse bare".
+# test files (make_test_sanitizers.py). Select phases with PHASES="normal enforce refuse bare";
+# PHASES=browser starts the real UI and checks the accordion in headless chromium
+# (screenshot.py, which writes docs/a1111_accordion*.png; SCREENSHOT_PY = a python with aiohttp).
 # It installs this repository as extensions/embedding-sanitizer, then runs four phases
 # through the HTTP API (webui_api_check.py): normal; enforce (including wrong-typed values
 # in args, override_settings and saved options); enforcement with a mismatching sanitizer
@@ -57,13 +59,18 @@ install_extension() {
 
 start() {   # $1 = enforce true/false, $2 = weight file, rest = extra args
   local enforce=$1 weights=$2; shift 2
+  local ui_args=(--nowebui)
+  if [ "$phase" = browser ]; then   # the real UI, small fast generations by default
+    ui_args=(--api --ui-config-file "$OUT/ui-config.json")
+    echo '{"txt2img/Sampling steps/value": 2, "txt2img/Width/value": 64, "txt2img/Height/value": 64}' > "$OUT/ui-config.json"
+  fi
   cat > "$OUT/config.json" <<JSON
 {"sd_model_checkpoint": "random-sd15.safetensors", "embedding_sanitizer_weights": "$weights",
  "embedding_sanitizer_enforce": $enforce, "hires_fix_use_firstpass_conds": false}
 JSON
   (cd "$WEBUI" && EMBEDDING_SANITIZER_DEBUG_LOG="$LOG" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
      exec "$PY" launch.py --skip-prepare-environment --skip-install --skip-torch-cuda-test --skip-version-check \
-       --skip-python-version-check "${DEVICE_ARGS[@]}" --nowebui --port "$PORT" --ui-settings-file "$OUT/config.json" \
+       --skip-python-version-check "${DEVICE_ARGS[@]}" "${ui_args[@]}" --port "$PORT" --ui-settings-file "$OUT/config.json" \
        --no-download-sd-model "$@" > "$OUT/webui-$phase.log" 2>&1) &
   WEBUI_PID=$!
   for _ in $(seq 1 180); do
@@ -91,8 +98,13 @@ for phase in $PHASES; do
     enforce) start true test-sd1-active.safetensors ;;
     refuse)  start true test-sdxl.safetensors ;;
     bare)    start false test-sd1-active.safetensors --disable-extra-extensions ;;
+    browser) start false test-sd1-active.safetensors ;;
   esac
-  "$PY" "$HERE/webui_api_check.py" "http://127.0.0.1:$PORT" "$phase" "$LOG" || status=1
+  if [ "$phase" = browser ]; then   # headless chromium; writes the README's screenshots into docs/
+    "${SCREENSHOT_PY:-$PY}" "$HERE/screenshot.py" "http://127.0.0.1:$PORT" --out-dir "$REPO/docs" || status=1
+  else
+    "$PY" "$HERE/webui_api_check.py" "http://127.0.0.1:$PORT" "$phase" "$LOG" || status=1
+  fi
   stop
 done
 echo "webui logs and config in $OUT; debug log $LOG"

@@ -11,7 +11,7 @@ import torch
 from embedding_sanitizer import EmbeddingSanitizer, SanitizerConfig, save_sanitizer
 from embedding_sanitizer import a1111 as W
 
-from .test_script_with_stub_webui import FakeP, host, sanitizer_files  # noqa: F401  (fixtures)
+from .test_script_with_stub_webui import FakeP
 
 # string, None, list, dict, NaN, +/-inf, huge, negative
 BAD_VALUES = ["abc", None, [1], {}, float("nan"), math.inf, -math.inf, 1e308, 10 ** 400, -5]

@@ -1,78 +1,15 @@
 """The thin Script (scripts/embedding_sanitizer.py) driven through its hooks, with stand-ins
 for the webui's `modules` and `gradio`, the way A1111 1.9+ / Forge call them."""
 
-import importlib.util
-import shutil
-import sys
 import types
-from pathlib import Path
 
 import pytest
 import torch
 
-from embedding_sanitizer import save_sanitizer
 from embedding_sanitizer import a1111 as W
 
 from .test_webui_adapter import (ComposableScheduledPromptConditioning, MulticondLearnedConditioning,
                                  ScheduledPromptConditioning, active_model, sd1_cond)
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "embedding_sanitizer.py"
-
-
-class Opts(types.SimpleNamespace):
-    def add_option(self, key, info):
-        setattr(self, key, info.default)
-        self.infos = {**getattr(self, "infos", {}), key: info}
-
-
-class OptionInfo(types.SimpleNamespace):
-    def __init__(self, default=None, label="", *args, **kwargs):
-        super().__init__(default=default, label=label, kw=kwargs, comment="")
-
-    def info(self, text):
-        self.comment = text
-        return self
-
-
-@pytest.fixture(scope="session")
-def sanitizer_files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("sanitizers")
-    save_sanitizer(active_model(), folder / "sd1.safetensors", {"note": "test"})
-    sdxl = active_model(dim=2048, pooled=1280, family="sdxl-clip-lg")
-    save_sanitizer(sdxl, folder / "xl.safetensors", {"note": "test"})
-    return folder
-
-
-@pytest.fixture()
-def host(tmp_path, monkeypatch, sanitizer_files):
-    class Script:
-        def process_before_every_sampling(self, p, *args, **kwargs):
-            pass
-
-    callbacks = {}
-    reg = lambda name: (lambda fn: callbacks.setdefault(name, fn))  # noqa: E731
-    modules = types.ModuleType("modules")
-    modules.scripts = types.SimpleNamespace(Script=Script, AlwaysVisible=object())
-    modules.script_callbacks = types.SimpleNamespace(on_ui_settings=reg("ui_settings"),
-                                                     on_infotext_pasted=reg("pasted"),
-                                                     on_model_loaded=reg("model_loaded"))
-    modules.shared = types.SimpleNamespace(opts=Opts(), sd_model=types.SimpleNamespace(is_sdxl=False, is_sd2=False,
-                                                                                     is_sd1=True),
-                                           OptionInfo=OptionInfo)
-    paths = types.ModuleType("modules.paths")
-    paths.models_path = str(tmp_path)
-    for name, mod in {"modules": modules, "modules.scripts": modules.scripts,
-                      "modules.script_callbacks": modules.script_callbacks, "modules.shared": modules.shared,
-                      "modules.paths": paths,
-                      "gradio": types.SimpleNamespace(Slider="Slider", Dropdown="Dropdown")}.items():
-        monkeypatch.setitem(sys.modules, name, mod)
-    spec = importlib.util.spec_from_file_location("es_script_under_test", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    callbacks["ui_settings"]()
-    for file in sanitizer_files.iterdir():
-        shutil.copy(file, tmp_path / "sanitizers" / file.name)
-    return types.SimpleNamespace(mod=mod, opts=modules.shared.opts, callbacks=callbacks, dir=tmp_path / "sanitizers")
 
 
 class FakeP:
