@@ -18,6 +18,7 @@
 # test files (make_test_sanitizers.py). Select phases with PHASES="normal enforce refuse bare";
 # PHASES=browser starts the real UI and checks the accordion in headless chromium
 # (screenshot.py, which writes docs/a1111_accordion*.png; SCREENSHOT_PY = a python with aiohttp).
+# QUICK=1 makes each request one step and one image with fewer bad values (for a slow CPU).
 # It installs this repository as extensions/embedding-sanitizer, then runs four phases
 # through the HTTP API (webui_api_check.py): normal; enforce (including wrong-typed values
 # in args, override_settings and saved options); enforcement with a mismatching sanitizer

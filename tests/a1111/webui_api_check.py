@@ -35,6 +35,10 @@ BASE = {"prompt": "a photo of a [cat:dog:2] AND a red house", "negative_prompt":
 HIRES = {"enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Latent", "hr_second_pass_steps": 2,
          "denoising_strength": 0.5}
 FORGE = os.environ.get("WEBUI_FLAVOR") == "forge"
+# QUICK=1: one step, one image, a few representative bad values (a slow shared CPU)
+QUICK = os.environ.get("QUICK") == "1"
+if QUICK:
+    BASE.update({"steps": 1, "batch_size": 1})
 if FORGE:   # Forge's API needs the modules choice with hires fix; its hires CFG defaults to 1 (no negative)
     HIRES.update({"hr_additional_modules": ["Use same choices"], "hr_cfg": 5})
 
@@ -152,14 +156,14 @@ elif PHASE == "enforce":
             ("refused" if "refused" in str(out) else f"HTTP {s}")
         check(outcome in ("refused", "sanitized"), f"enforced, {what}: {outcome}")
 
-    BAD = ["abc", None, [1], {}, float("nan"), -5, 1e308]
+    BAD = ["abc", None, {}, float("nan")] if QUICK else ["abc", None, [1], {}, float("nan"), -5, 1e308]
     for value in BAD:
         refused_or_sanitized(f"args [true, {value!r}]", alwayson_scripts={KEY: {"args": [True, value]}})
-    for value in ["abc", [1], {}]:
+    for value in ["abc"] if QUICK else ["abc", [1], {}]:
         refused_or_sanitized(f"args [{value!r}, 1.0]", alwayson_scripts={KEY: {"args": [value, 1.0]}})
     for key in ("embedding_sanitizer_intensity", "embedding_sanitizer_threshold", "embedding_sanitizer_concepts",
                 "embedding_sanitizer_enabled", "embedding_sanitizer_weights"):
-        for value in ["abc", None, 5, [1], {}, float("nan")]:
+        for value in ["abc", None] if QUICK else ["abc", None, 5, [1], {}, float("nan")]:
             refused_or_sanitized(f"override_settings {key}={value!r}", override_settings={key: value})
     for key, value in (("embedding_sanitizer_threshold", "abc"), ("embedding_sanitizer_intensity", None),
                        ("embedding_sanitizer_concepts", 5)):
