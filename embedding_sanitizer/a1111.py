@@ -116,8 +116,8 @@ def _floor(value: Any) -> Optional[float]:
 
 def operator_settings(startup_opts: Mapping[str, Any], flag: bool = False) -> dict:
     """What the operator set outside any request: the config as it was at startup, or the
-    --embedding-sanitizer-enforce flag. While enforced, its weight file, concepts and minimum
-    intensity are pinned: no request or later option change can loosen them."""
+    --embedding-sanitizer-enforce flag. While enforced, its weight file, concepts, threshold
+    and minimum intensity are pinned: no request or later option change can loosen them."""
     def startup(key):
         try:
             return startup_opts.get(key, DEFAULTS[key])
@@ -126,7 +126,8 @@ def operator_settings(startup_opts: Mapping[str, Any], flag: bool = False) -> di
     enforce = flag is True or _switched_on(startup(OPT_ENFORCE))
     return {OPT_ENFORCE: enforce,
             OPT_ENFORCE_INTENSITY: _floor(startup(OPT_ENFORCE_INTENSITY)) or 1.0,
-            OPT_WEIGHTS: startup(OPT_WEIGHTS), OPT_CONCEPTS: startup(OPT_CONCEPTS)}
+            OPT_WEIGHTS: startup(OPT_WEIGHTS), OPT_CONCEPTS: startup(OPT_CONCEPTS),
+            OPT_THRESHOLD: startup(OPT_THRESHOLD)}
 
 
 def _switched_on(value: Any) -> bool:
@@ -153,7 +154,7 @@ def resolve_settings(opts: Mapping[str, Any], ui_enabled: Any = None, ui_intensi
     Never raises.
 
     Enforced (see is_enforced): the sanitizer is active whatever the request says, with the
-    operator's weight file and concepts from startup (`operator`), threshold 0, and at least
+    operator's weight file, concepts and threshold from startup (`operator`), and at least
     the minimum intensity (the higher of the startup one and a live one): a request can only
     make it stronger. A request value that is not a valid intensity refuses the generation.
     Not enforced: invalid values fall back to their defaults, each with a note.
@@ -183,12 +184,16 @@ def _enforced_decision(opts, ui_enabled, ui_intensity, operator) -> Decision:
         concepts = validation.concepts(operator.get(OPT_CONCEPTS))
     except validation.InvalidValue as exc:
         return _refused(f"the operator's concepts setting is invalid ({exc})", weights)
+    try:
+        threshold = validation.threshold(operator.get(OPT_THRESHOLD, DEFAULT_THRESHOLD))
+    except validation.InvalidValue as exc:
+        return _refused(f"the operator's {exc}", weights)
     requested = opts.get(OPT_INTENSITY, DEFAULTS[OPT_INTENSITY]) if ui_intensity is None else ui_intensity
     try:
         intensity = validation.intensity(requested)
     except validation.InvalidValue as exc:
         return _refused(f"the requested {exc}", weights)
-    return Decision(True, max(intensity, floor), 0.0, concepts, weights.strip(), True)
+    return Decision(True, max(intensity, floor), threshold, concepts, weights.strip(), True)
 
 
 def _free_decision(opts, ui_enabled, ui_intensity, operator) -> Decision:
@@ -490,8 +495,6 @@ def settings_from_infotext(params: Mapping[str, Any]) -> dict:
         return {"enabled": False}
     options = {OPT_WEIGHTS: parsed["weights"], OPT_THRESHOLD: parsed["threshold"],
                OPT_CONCEPTS: ", ".join(parsed["concepts"] or ())}
-    if parsed["enforced"]:      # enforced runs used threshold 0 and every concept
-        options.update({OPT_THRESHOLD: 0.0, OPT_CONCEPTS: ""})
     return {"enabled": True, "intensity": parsed["intensity"], "options": options}
 
 

@@ -78,7 +78,9 @@ DISPLAYS = W.DisplayStore()               # token displays of recent generations
 
 INTENSITY_INFO = ("How strongly flagged tokens are rewritten: 0 = off, 1 = as trained, higher = stronger "
                   "(a token's change is its score times the intensity, at most 1)")
-THRESHOLD_INFO = "tokens whose harmfulness score is below this are left exactly as they are; 0 = gate every token by its score"
+THRESHOLD_INFO = (f"tokens whose harmfulness score is below this are left exactly as they are (default "
+                  f"{W.DEFAULTS[W.OPT_THRESHOLD]:g}: only tokens the sanitizer is more sure of than not); "
+                  f"0 = gate every token by its score")
 
 
 def weight_files() -> list[str]:
@@ -401,23 +403,23 @@ def on_ui_settings():
         info.category_id = "sd"      # A1111 1.7+ files it under "Stable Diffusion", not "Uncategorized"
         shared.opts.add_option(key, info)
 
-    add(W.OPT_ENABLED, shared.OptionInfo(False, "Sanitize by default (initial state of the per-generation toggle)",
+    add(W.OPT_ENABLED, shared.OptionInfo(W.DEFAULTS[W.OPT_ENABLED], "Sanitize by default (initial state of the per-generation toggle)",
                                          section=section))
-    add(W.OPT_INTENSITY, shared.OptionInfo(1.0, "Default intensity", gr.Slider, slider,
+    add(W.OPT_INTENSITY, shared.OptionInfo(W.DEFAULTS[W.OPT_INTENSITY], "Default intensity", gr.Slider, slider,
                                            section=section).info(INTENSITY_INFO))
-    add(W.OPT_THRESHOLD, shared.OptionInfo(0.0, "Threshold", gr.Slider,
+    add(W.OPT_THRESHOLD, shared.OptionInfo(W.DEFAULTS[W.OPT_THRESHOLD], "Threshold", gr.Slider,
                                            {"minimum": 0.0, "maximum": 1.0, "step": 0.01}, section=section,
                                            infotext=W.PASTE_NAMES[W.OPT_THRESHOLD]).info(THRESHOLD_INFO))
-    add(W.OPT_CONCEPTS, shared.OptionInfo("", "Concepts to erase (comma-separated; empty = all the file knows)",
+    add(W.OPT_CONCEPTS, shared.OptionInfo(W.DEFAULTS[W.OPT_CONCEPTS], "Concepts to erase (comma-separated; empty = all the file knows)",
                                           section=section, infotext=W.PASTE_NAMES[W.OPT_CONCEPTS]))
-    add(W.OPT_WEIGHTS, shared.OptionInfo("", f"Sanitizer weight file (models/{W.WEIGHTS_FOLDER})", gr.Dropdown,
+    add(W.OPT_WEIGHTS, shared.OptionInfo(W.DEFAULTS[W.OPT_WEIGHTS], f"Sanitizer weight file (models/{W.WEIGHTS_FOLDER})", gr.Dropdown,
                                          lambda: {"choices": [""] + weight_files()}, refresh=weight_files,
                                          section=section, infotext=W.PASTE_NAMES[W.OPT_WEIGHTS]))
-    add(W.OPT_ENFORCE, shared.OptionInfo(False, "Enforce on every generation (per-generation and API controls "
+    add(W.OPT_ENFORCE, shared.OptionInfo(W.DEFAULTS[W.OPT_ENFORCE], "Enforce on every generation (per-generation and API controls "
                                                 "cannot turn it off; refuse generations it cannot sanitize)",
                                          section=section, restrict_api=True).info(
         "weight file, concepts and minimum intensity are pinned to their values at startup; restart to change them"))
-    add(W.OPT_ENFORCE_INTENSITY, shared.OptionInfo(1.0, "Minimum intensity when enforced", gr.Slider,
+    add(W.OPT_ENFORCE_INTENSITY, shared.OptionInfo(W.DEFAULTS[W.OPT_ENFORCE_INTENSITY], "Minimum intensity when enforced", gr.Slider,
                                                    {**slider, "minimum": 0.05}, section=section, restrict_api=True))
 
 

@@ -139,7 +139,7 @@ def test_enforced_weights_concepts_and_floor_are_pinned(host, monkeypatch, how):
             setattr(host.opts, key, value)
     assert generate(host, p, (False, 0.1)) == "sanitized"
     info = W.parse_infotext(p.extra_generation_params[W.INFOTEXT_KEY])
-    assert info == {"weights": "sd1.safetensors", "intensity": 2.0, "threshold": 0.0, "concepts": None,
+    assert info == {"weights": "sd1.safetensors", "intensity": 2.0, "threshold": W.DEFAULT_THRESHOLD, "concepts": None,
                     "erased_tokens": 154, "enforced": True}
 
 

@@ -231,7 +231,7 @@ def test_enforcement_cannot_be_turned_off_or_weakened():
     for ui_enabled, ui_intensity in [(False, 0.0), (None, None), (True, 0.1), ("abc", 0.5)]:
         d = W.resolve_settings(opts, ui_enabled, ui_intensity)
         assert d.active and d.enforced and d.intensity >= 1.0 and d.refusal is None
-        assert d.threshold == 0.0 and d.concepts is None
+        assert d.threshold == W.DEFAULT_THRESHOLD and d.concepts is None     # startup's, not the live 0.9
     for bad in (-3.0, float("nan"), "abc", [1], {}, 1e9):
         d = W.resolve_settings(opts, True, bad)
         assert d.active and d.enforced and "refused" in d.refusal
