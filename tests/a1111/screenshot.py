@@ -17,35 +17,16 @@ import argparse
 import asyncio
 import base64
 import json
-import shutil
-import socket
-import subprocess
 import sys
-import tempfile
-import time
 import urllib.request
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import cdp  # noqa: E402  (tests/cdp.py)
 
 REPO = Path(__file__).resolve().parents[2]
 PROMPT = "a photo of a nude woman holding a bloody knife"
 ACCORDION = "#embedding_sanitizer_txt2img"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url, timeout=60):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as r:
-                return r.read()
-        except Exception:
-            time.sleep(1)
-    raise TimeoutError(url)
 
 
 def set_option(url, key, value):
@@ -55,103 +36,82 @@ def set_option(url, key, value):
 
 
 async def drive(cdp_port: int, url: str, out_dir: Path, dark: bool) -> list[str]:
-    import aiohttp
     problems = []
-    async with aiohttp.ClientSession() as http:
-        pages = await (await http.get(f"http://127.0.0.1:{cdp_port}/json/list")).json()
-        ws_url = next(p for p in pages if p["type"] == "page")["webSocketDebuggerUrl"]
-        async with http.ws_connect(ws_url, max_msg_size=0) as ws:
-            counter = 0
+    async with cdp.page(cdp_port) as page:
+        call, js = page.call, page.js
 
-            async def call(method, **params):
-                nonlocal counter
-                counter += 1
-                await ws.send_json({"id": counter, "method": method, "params": params})
-                async for msg in ws:
-                    data = json.loads(msg.data)
-                    if data.get("id") == counter:
-                        if "error" in data:
-                            raise RuntimeError(f"{method}: {data['error']}")
-                        return data.get("result", {})
+        async def until(expr, what, timeout=600):
+            for _ in range(timeout):
+                if await js(expr):
+                    return
+                await asyncio.sleep(1)
+            raise TimeoutError(what)
 
-            async def js(expr):
-                res = await call("Runtime.evaluate", expression=expr, awaitPromise=True, returnByValue=True)
-                if res.get("exceptionDetails"):
-                    raise RuntimeError(json.dumps(res["exceptionDetails"])[:2000])
-                return res.get("result", {}).get("value")
+        async def shot(name):
+            box = await js(f"""(() => {{ const r = gradioApp().querySelector('{ACCORDION}').getBoundingClientRect();
+                return [r.x, r.y, r.width, r.height]; }})()""")
+            x, y, w, h = box
+            data = await call("Page.captureScreenshot", format="png",
+                              clip={"x": max(0, x - 8), "y": max(0, y - 8), "width": w + 16, "height": h + 16,
+                                    "scale": 1})
+            path = out_dir / f"{name}{'_dark' if dark else ''}.png"
+            path.write_bytes(base64.b64decode(data["data"]))
+            print("wrote", path)
 
-            async def until(expr, what, timeout=600):
-                for _ in range(timeout):
-                    if await js(expr):
-                        return
-                    await asyncio.sleep(1)
-                raise TimeoutError(what)
+        def check(ok, what):
+            print(("PASS " if ok else "FAIL ") + what, flush=True)
+            if not ok:
+                problems.append(what)
 
-            async def shot(name):
-                box = await js(f"""(() => {{ const r = gradioApp().querySelector('{ACCORDION}').getBoundingClientRect();
-                    return [r.x, r.y, r.width, r.height]; }})()""")
-                x, y, w, h = box
-                data = await call("Page.captureScreenshot", format="png",
-                                  clip={"x": max(0, x - 8), "y": max(0, y - 8), "width": w + 16, "height": h + 16,
-                                        "scale": 1})
-                path = out_dir / f"{name}{'_dark' if dark else ''}.png"
-                path.write_bytes(base64.b64decode(data["data"]))
-                print("wrote", path)
+        display = f"(gradioApp().querySelector('{ACCORDION}_tokens') || {{}}).innerText || ''"
 
-            def check(ok, what):
-                print(("PASS " if ok else "FAIL ") + what, flush=True)
-                if not ok:
-                    problems.append(what)
+        async def generate(expect, what):
+            await js(f"gradioApp().querySelector('{ACCORDION}_tokens').dataset.before = {display}; true")
+            await js("gradioApp().querySelector('#txt2img_generate').click(); true")
+            await until(f"({display}).includes({json.dumps(expect)})", what)
 
-            display = f"(gradioApp().querySelector('{ACCORDION}_tokens') || {{}}).innerText || ''"
+        await call("Emulation.setDeviceMetricsOverride", width=1400, height=1100, deviceScaleFactor=1, mobile=False)
+        await call("Page.enable")
+        await call("Page.navigate", url=url + ("/?__theme=dark" if dark else "/"))
+        await until(f"typeof gradioApp === 'function' && !!gradioApp().querySelector('{ACCORDION}')",
+                    "the accordion appears", 300)
+        await asyncio.sleep(3)
+        await js(f"""(() => {{ const t = gradioApp().querySelector('#txt2img_prompt textarea');
+            t.value = {json.dumps(PROMPT)}; updateInput(t); return true; }})()""")
+        header_box = f"gradioApp().querySelector('{ACCORDION} .input-accordion-checkbox')"
+        check(await js(f"!!{header_box}"), "the on/off box is in the accordion's header")
+        await shot("a1111_accordion_collapsed")
+        await js(f"{header_box}.click(); true")
+        await js(f"""(() => {{ const a = gradioApp().querySelector('{ACCORDION}');
+            if (!a.querySelector('{ACCORDION}_intensity') || a.querySelector('{ACCORDION}_intensity').offsetParent === null)
+                a.querySelector('.label-wrap').click(); return true; }})()""")
+        await asyncio.sleep(1)
 
-            async def generate(expect, what):
-                await js(f"gradioApp().querySelector('{ACCORDION}_tokens').dataset.before = {display}; true")
-                await js("gradioApp().querySelector('#txt2img_generate').click(); true")
-                await until(f"({display}).includes({json.dumps(expect)})", what)
+        await generate("Sanitized:", "a sanitized generation is shown")
+        text = await js(display)
+        check("erased tokens" in text and "knife" in text, "sanitized: status and this prompt's tokens")
+        struck = await js(f"""(() => {{ const e = gradioApp().querySelector('{ACCORDION}_tokens .es-erased');
+            if (!e) return 'none erased';
+            return getComputedStyle(e.querySelector('.es-text')).textDecorationLine + '|' +
+                   getComputedStyle(e.querySelector('sub')).textDecorationLine; }})()""")
+        print("   erased token / its score decoration:", struck)
+        await shot("a1111_accordion")
 
-            await call("Emulation.setDeviceMetricsOverride", width=1400, height=1100, deviceScaleFactor=1, mobile=False)
-            await call("Page.enable")
-            await call("Page.navigate", url=url + ("/?__theme=dark" if dark else "/"))
-            await until(f"typeof gradioApp === 'function' && !!gradioApp().querySelector('{ACCORDION}')",
-                        "the accordion appears", 300)
-            await asyncio.sleep(3)
-            await js(f"""(() => {{ const t = gradioApp().querySelector('#txt2img_prompt textarea');
-                t.value = {json.dumps(PROMPT)}; updateInput(t); return true; }})()""")
-            header_box = f"gradioApp().querySelector('{ACCORDION} .input-accordion-checkbox')"
-            check(await js(f"!!{header_box}"), "the on/off box is in the accordion's header")
-            await shot("a1111_accordion_collapsed")
-            await js(f"{header_box}.click(); true")
-            await js(f"""(() => {{ const a = gradioApp().querySelector('{ACCORDION}');
-                if (!a.querySelector('{ACCORDION}_intensity') || a.querySelector('{ACCORDION}_intensity').offsetParent === null)
-                    a.querySelector('.label-wrap').click(); return true; }})()""")
-            await asyncio.sleep(1)
+        await js(f"{header_box}.click(); true")                      # toggle off
+        await generate("not sanitized", "a generation with the toggle off is shown as such")
+        text = await js(display)
+        check("knife" not in text and "toggle was off" in text, "toggle off: the earlier tokens are gone")
 
-            await generate("Sanitized:", "a sanitized generation is shown")
-            text = await js(display)
-            check("erased tokens" in text and "knife" in text, "sanitized: status and this prompt's tokens")
-            struck = await js(f"""(() => {{ const e = gradioApp().querySelector('{ACCORDION}_tokens .es-erased');
-                if (!e) return 'none erased';
-                return getComputedStyle(e.querySelector('.es-text')).textDecorationLine + '|' +
-                       getComputedStyle(e.querySelector('sub')).textDecorationLine; }})()""")
-            print("   erased token / its score decoration:", struck)
-            await shot("a1111_accordion")
-
-            await js(f"{header_box}.click(); true")                      # toggle off
-            await generate("not sanitized", "a generation with the toggle off is shown as such")
-            text = await js(display)
-            check("knife" not in text and "toggle was off" in text, "toggle off: the earlier tokens are gone")
-
-            set_option(url, "embedding_sanitizer_weights", "test-sdxl.safetensors")
-            try:
-                await js(f"{header_box}.click(); true")                  # toggle on again
-                await generate("sdxl-clip-lg sanitizer", "the mismatch warning reaches the accordion")
-                colour = await js(f"getComputedStyle(gradioApp().querySelector('{ACCORDION}_tokens .es-warning')).color")
-                rgb = [int(v) for v in colour[colour.index("(") + 1:colour.index(")")].split(",")[:3]]
-                check(rgb[0] > 180 and rgb[1] < 140 and rgb[2] < 140, f"the warning is red ({colour})")
-                await shot("a1111_accordion_warning")
-            finally:
-                set_option(url, "embedding_sanitizer_weights", "test-sd1-active.safetensors")
+        set_option(url, "embedding_sanitizer_weights", "test-sdxl.safetensors")
+        try:
+            await js(f"{header_box}.click(); true")                  # toggle on again
+            await generate("sdxl-clip-lg sanitizer", "the mismatch warning reaches the accordion")
+            colour = await js(f"getComputedStyle(gradioApp().querySelector('{ACCORDION}_tokens .es-warning')).color")
+            rgb = [int(v) for v in colour[colour.index("(") + 1:colour.index(")")].split(",")[:3]]
+            check(rgb[0] > 180 and rgb[1] < 140 and rgb[2] < 140, f"the warning is red ({colour})")
+            await shot("a1111_accordion_warning")
+        finally:
+            set_option(url, "embedding_sanitizer_weights", "test-sd1-active.safetensors")
     return problems
 
 
@@ -160,23 +120,11 @@ def main():
     ap.add_argument("url")
     ap.add_argument("--out-dir", type=Path, default=REPO / "docs")
     a = ap.parse_args()
-    wait_http(a.url + "/sdapi/v1/sd-models", 300)
+    cdp.wait_http(a.url + "/sdapi/v1/sd-models", 300)
     problems = []
     for dark in (False, True):
-        cdp = free_port()
-        profile = tempfile.mkdtemp(prefix="es-chrome-")
-        chrome = subprocess.Popen(
-            [shutil.which("chromium") or shutil.which("chromium-browser"), "--headless", "--no-sandbox", "--disable-gpu",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--remote-debugging-port={cdp}", f"--user-data-dir={profile}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            wait_http(f"http://127.0.0.1:{cdp}/json/version", 60)
-            problems += asyncio.run(drive(cdp, a.url.rstrip("/"), a.out_dir, dark))
-        finally:
-            chrome.terminate()
-            chrome.wait(15)
-            shutil.rmtree(profile, ignore_errors=True)
+        with cdp.chromium() as port:
+            problems += asyncio.run(drive(port, a.url.rstrip("/"), a.out_dir, dark))
     sys.exit(1 if problems else 0)
 
 

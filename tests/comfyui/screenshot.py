@@ -16,34 +16,16 @@ import base64
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
+sys.path.insert(0, str(HERE.parent))
+import cdp  # noqa: E402  (tests/cdp.py)
 PROMPT = "a photo of a nude woman holding a bloody knife in a dark alley"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url, timeout=180):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as r:
-                return r.read()
-        except Exception:
-            time.sleep(1)
-    raise TimeoutError(url)
 
 
 def make_models(base: Path, comfy_root: Path):
@@ -92,71 +74,50 @@ def ui_workflow():
 
 
 async def drive(cdp_port: int, url: str, out: Path, dark: bool):
-    import aiohttp
-    async with aiohttp.ClientSession() as http:
-        pages = await (await http.get(f"http://127.0.0.1:{cdp_port}/json/list")).json()
-        ws_url = next(p for p in pages if p["type"] == "page")["webSocketDebuggerUrl"]
-        async with http.ws_connect(ws_url, max_msg_size=0) as ws:
-            counter = 0
+    async with cdp.page(cdp_port) as page:
+        call, js = page.call, page.js
 
-            async def call(method, **params):
-                nonlocal counter
-                counter += 1
-                await ws.send_json({"id": counter, "method": method, "params": params})
-                async for msg in ws:
-                    data = json.loads(msg.data)
-                    if data.get("id") == counter:
-                        if "error" in data:
-                            raise RuntimeError(f"{method}: {data['error']}")
-                        return data.get("result", {})
-
-            async def js(expr):
-                res = await call("Runtime.evaluate", expression=expr, awaitPromise=True, returnByValue=True)
-                if res.get("exceptionDetails"):
-                    raise RuntimeError(json.dumps(res["exceptionDetails"])[:2000])
-                return res.get("result", {}).get("value")
-
-            await call("Emulation.setDeviceMetricsOverride", width=1320, height=560, deviceScaleFactor=1, mobile=False)
-            await call("Page.enable")
-            await call("Page.navigate", url=url)
-            for _ in range(120):
-                await asyncio.sleep(1)
-                if await js("!!(window.app && window.app.graph && window.app.canvas)"):
-                    break
-            else:
-                raise TimeoutError("frontend did not start")
-            await asyncio.sleep(3)
-            palette = "dark" if dark else "light"
-            await js(f"""(async () => {{
-                for (const [k, v] of [['Comfy.ColorPalette', '{palette}'], ['Comfy.Minimap.Visible', false]]) {{
-                    try {{ await app.extensionManager.setting.set(k, v); }} catch (e) {{}}
-                }}
-                document.querySelectorAll('.p-dialog-mask, .p-dialog').forEach(e => e.remove());
-                await app.loadGraphData({json.dumps(ui_workflow())});
-                app.canvas.ds.offset = [10, 60]; app.canvas.ds.scale = 1.0; app.canvas.setDirty(true, true);
-                return true; }})()""")
-            await asyncio.sleep(2)
-            await js("app.queuePrompt(0, 1)")
-            for _ in range(180):
-                await asyncio.sleep(1)
-                if await js("!!document.querySelector('.es-tokens .es-tok')"):
-                    break
-            else:
-                raise TimeoutError("token scores never appeared")
-            await asyncio.sleep(2)
-            await js("document.querySelectorAll('.p-toast, .p-dialog-mask').forEach(e => e.remove()); app.canvas.setDirty(true, true); true")
+        await call("Emulation.setDeviceMetricsOverride", width=1320, height=560, deviceScaleFactor=1, mobile=False)
+        await call("Page.enable")
+        await call("Page.navigate", url=url)
+        for _ in range(120):
             await asyncio.sleep(1)
-            shot = await call("Page.captureScreenshot", format="png")
-            out.write_bytes(base64.b64decode(shot["data"]))
-            # The display must stay out of the saved workflow, and a fresh node must not break.
-            saved = await js("JSON.stringify(app.graph.serialize().nodes.find(n => n.id === 3).widgets_values)")
-            print("widgets_values after the run:", saved)
-            assert json.loads(saved) == [PROMPT, 1.0], saved
-            fresh = await js("""(() => { const n = LiteGraph.createNode('EmbeddingSanitizerApply'); app.graph.add(n);
-                const v = JSON.stringify(n.serialize().widgets_values); app.graph.remove(n); return v; })()""")
-            print("fresh Sanitize Conditioning widgets_values:", fresh)
-            assert json.loads(fresh) == [1.0, 0.0], fresh
-            print("tokens shown:", await js("[...document.querySelectorAll('.es-tokens .es-tok')].map(e => e.firstChild.textContent).join(' ')"))
+            if await js("!!(window.app && window.app.graph && window.app.canvas)"):
+                break
+        else:
+            raise TimeoutError("frontend did not start")
+        await asyncio.sleep(3)
+        palette = "dark" if dark else "light"
+        await js(f"""(async () => {{
+            for (const [k, v] of [['Comfy.ColorPalette', '{palette}'], ['Comfy.Minimap.Visible', false]]) {{
+                try {{ await app.extensionManager.setting.set(k, v); }} catch (e) {{}}
+            }}
+            document.querySelectorAll('.p-dialog-mask, .p-dialog').forEach(e => e.remove());
+            await app.loadGraphData({json.dumps(ui_workflow())});
+            app.canvas.ds.offset = [10, 60]; app.canvas.ds.scale = 1.0; app.canvas.setDirty(true, true);
+            return true; }})()""")
+        await asyncio.sleep(2)
+        await js("app.queuePrompt(0, 1)")
+        for _ in range(180):
+            await asyncio.sleep(1)
+            if await js("!!document.querySelector('.es-tokens .es-tok')"):
+                break
+        else:
+            raise TimeoutError("token scores never appeared")
+        await asyncio.sleep(2)
+        await js("document.querySelectorAll('.p-toast, .p-dialog-mask').forEach(e => e.remove()); app.canvas.setDirty(true, true); true")
+        await asyncio.sleep(1)
+        shot = await call("Page.captureScreenshot", format="png")
+        out.write_bytes(base64.b64decode(shot["data"]))
+        # The display must stay out of the saved workflow, and a fresh node must not break.
+        saved = await js("JSON.stringify(app.graph.serialize().nodes.find(n => n.id === 3).widgets_values)")
+        print("widgets_values after the run:", saved)
+        assert json.loads(saved) == [PROMPT, 1.0], saved
+        fresh = await js("""(() => { const n = LiteGraph.createNode('EmbeddingSanitizerApply'); app.graph.add(n);
+            const v = JSON.stringify(n.serialize().widgets_values); app.graph.remove(n); return v; })()""")
+        print("fresh Sanitize Conditioning widgets_values:", fresh)
+        assert json.loads(fresh) == [1.0, 0.0], fresh
+        print("tokens shown:", await js("[...document.querySelectorAll('.es-tokens .es-tok')].map(e => e.firstChild.textContent).join(' ')"))
 
 
 def main():
@@ -172,21 +133,15 @@ def main():
             (base / sub).mkdir(parents=True)
         (base / "custom_nodes/embedding-sanitizer").symlink_to(REPO, target_is_directory=True)
         make_models(base, a.comfyui)
-        port, cdp = free_port(), free_port()
+        port = cdp.free_port()
         log = open(base / "server.log", "w")
         procs.append(subprocess.Popen(
             [sys.executable, str(a.comfyui / "main.py"), "--cpu", "--listen", "127.0.0.1", "--port", str(port),
              "--base-directory", str(base), "--disable-auto-launch", "--database-url", "sqlite:///:memory:"],
             cwd=base, stdout=log, stderr=subprocess.STDOUT))
-        wait_http(f"http://127.0.0.1:{port}/object_info/EmbeddingSanitizerCLIPTextEncode")
-        chrome = shutil.which("chromium") or shutil.which("chromium-browser")
-        procs.append(subprocess.Popen(
-            [chrome, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", f"--remote-debugging-port={cdp}",
-             f"--user-data-dir={base / 'chrome'}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        wait_http(f"http://127.0.0.1:{cdp}/json/version", 60)
-        asyncio.run(drive(cdp, f"http://127.0.0.1:{port}/", a.out, a.dark))
+        cdp.wait_http(f"http://127.0.0.1:{port}/object_info/EmbeddingSanitizerCLIPTextEncode")
+        with cdp.chromium() as cdp_port:
+            asyncio.run(drive(cdp_port, f"http://127.0.0.1:{port}/", a.out, a.dark))
         print("wrote", a.out)
     finally:
         for p in reversed(procs):
