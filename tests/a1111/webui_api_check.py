@@ -123,6 +123,30 @@ if PHASE == "normal":
 
 
 elif PHASE == "enforce":
+    def refused_or_sanitized(what, **request):
+        s, out, info, _ = txt2img(**request)
+        text = info["infotexts"][0] if s == 200 and info else ""
+        outcome = ("sanitized" if KEY in text and "enforced" in text else "UNSANITIZED") if s == 200 else \
+            ("refused" if "refused" in str(out) else f"HTTP {s}")
+        check(outcome in ("refused", "sanitized"), f"enforced, {what}: {outcome}")
+
+    BAD = ["abc", None, {}, float("nan")] if QUICK else ["abc", None, [1], {}, float("nan"), -5, 1e308]
+    for value in BAD:
+        refused_or_sanitized(f"args [true, {value!r}]", alwayson_scripts={KEY: {"args": [True, value]}})
+    for value in ["abc"] if QUICK else ["abc", [1], {}]:
+        refused_or_sanitized(f"args [{value!r}, 1.0]", alwayson_scripts={KEY: {"args": [value, 1.0]}})
+    for key in ("embedding_sanitizer_intensity", "embedding_sanitizer_threshold", "embedding_sanitizer_concepts",
+                "embedding_sanitizer_enabled", "embedding_sanitizer_weights"):
+        for value in ["abc", None] if QUICK else ["abc", None, 5, [1], {}, float("nan")]:
+            refused_or_sanitized(f"override_settings {key}={value!r}", override_settings={key: value})
+    for key, value in (("embedding_sanitizer_threshold", "abc"), ("embedding_sanitizer_intensity", None),
+                       ("embedding_sanitizer_concepts", 5)):
+        s, _ = post("/sdapi/v1/options", {key: value})
+        refused_or_sanitized(f"saved option {key}={value!r} (POST HTTP {s})")
+        refused_or_sanitized(f"saved option {key}={value!r}, second request")
+        post("/sdapi/v1/options", {key: {"embedding_sanitizer_threshold": 0.5, "embedding_sanitizer_intensity": 1.0,
+                                         "embedding_sanitizer_concepts": ""}[key]})
+
     n = log_len()
     s, out, info, _ = txt2img(alwayson_scripts={KEY: {"args": [False, 0.0]}})
     check(s == 200, f"enforced, toggle off in request: HTTP {s}")
@@ -149,30 +173,6 @@ elif PHASE == "enforce":
     text = info["infotexts"][0] if info else str(out)
     check(s == 200 and "test-sd1-active.safetensors" in text and "enforced" in text,
           f"enforced: a request cannot pick another weight file (HTTP {s})")
-
-    def refused_or_sanitized(what, **request):
-        s, out, info, _ = txt2img(**request)
-        text = info["infotexts"][0] if s == 200 and info else ""
-        outcome = ("sanitized" if KEY in text and "enforced" in text else "UNSANITIZED") if s == 200 else \
-            ("refused" if "refused" in str(out) else f"HTTP {s}")
-        check(outcome in ("refused", "sanitized"), f"enforced, {what}: {outcome}")
-
-    BAD = ["abc", None, {}, float("nan")] if QUICK else ["abc", None, [1], {}, float("nan"), -5, 1e308]
-    for value in BAD:
-        refused_or_sanitized(f"args [true, {value!r}]", alwayson_scripts={KEY: {"args": [True, value]}})
-    for value in ["abc"] if QUICK else ["abc", [1], {}]:
-        refused_or_sanitized(f"args [{value!r}, 1.0]", alwayson_scripts={KEY: {"args": [value, 1.0]}})
-    for key in ("embedding_sanitizer_intensity", "embedding_sanitizer_threshold", "embedding_sanitizer_concepts",
-                "embedding_sanitizer_enabled", "embedding_sanitizer_weights"):
-        for value in ["abc", None] if QUICK else ["abc", None, 5, [1], {}, float("nan")]:
-            refused_or_sanitized(f"override_settings {key}={value!r}", override_settings={key: value})
-    for key, value in (("embedding_sanitizer_threshold", "abc"), ("embedding_sanitizer_intensity", None),
-                       ("embedding_sanitizer_concepts", 5)):
-        s, _ = post("/sdapi/v1/options", {key: value})
-        refused_or_sanitized(f"saved option {key}={value!r} (POST HTTP {s})")
-        refused_or_sanitized(f"saved option {key}={value!r}, second request")
-        post("/sdapi/v1/options", {key: {"embedding_sanitizer_threshold": 0.0, "embedding_sanitizer_intensity": 1.0,
-                                         "embedding_sanitizer_concepts": ""}[key]})
 
 elif PHASE == "refuse":
     n = log_len()
