@@ -77,7 +77,13 @@ async def drive(cdp_port: int, url: str, out_dir: Path, dark: bool) -> list[str]
                     "the accordion appears", 300)
         await asyncio.sleep(3)
         await js(f"""(() => {{ const t = gradioApp().querySelector('#txt2img_prompt textarea');
-            t.value = {json.dumps(PROMPT)}; updateInput(t); return true; }})()""")
+            t.value = {json.dumps(PROMPT)}; updateInput(t);
+            // tiny, fast generations: the checkpoint is random and the CPU slow
+            for (const [id, v] of [['steps', 1], ['width', 64], ['height', 64]]) {{
+                const box = gradioApp().querySelector(`#txt2img_${{id}} input[type=number]`);
+                if (box) {{ box.value = v; updateInput(box); }}
+            }}
+            return true; }})()""")
         header_box = f"gradioApp().querySelector('{ACCORDION} .input-accordion-checkbox')"
         check(await js(f"!!{header_box}"), "the on/off box is in the accordion's header")
         await shot("a1111_accordion_collapsed")
