@@ -36,18 +36,10 @@ DEMO_PROMPTS = (
 
 def _load(weights, encoder_spec, device=None):
     from . import default_weights_path, load_sanitizer
-    from .encoders import load_encoder
+    from .encoders import encoder_for
 
     model = load_sanitizer(weights or default_weights_path(), device or "cpu")
-    family = model.config.encoder_family
-    if encoder_spec is None and family != "minilm":
-        raise CliError(f"these weights were trained for a {family} encoder "
-                       f"({model.config.encoder_name}); pass its checkpoint with --encoder FILE")
-    encoder = load_encoder(encoder_spec, device)
-    if encoder.family != family or encoder.embed_dim != model.config.embed_dim:
-        raise CliError(f"the sanitizer was trained for {family} (D={model.config.embed_dim}) "
-                       f"but --encoder is {encoder.family} (D={encoder.embed_dim})")
-    return model, encoder
+    return model, encoder_for(model, encoder_spec, device)
 
 
 def _read_prompts(args) -> list[str]:
@@ -177,11 +169,7 @@ def cmd_measure(args):
                   limit=args.limit or None, log=lambda line: print(line, file=sys.stderr)))
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["eval"]:     # the harness parses its own, longer, argument list
-        from .evaluation.run import main as eval_main
-        raise SystemExit(eval_main(argv[1:]))
+def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m embedding_sanitizer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -230,8 +218,15 @@ def main(argv=None):
 
     sub.add_parser("eval", add_help=False,
                    help="compare with a keyword filter and SAFREE; writes a report and plots (eval --help)")
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["eval"]:     # the harness parses its own, longer, argument list
+        from .evaluation.run import main as eval_main
+        raise SystemExit(eval_main(argv[1:]))
+    args = build_parser().parse_args(argv)
     try:
         args.func(args)
     except (CliError, ValueError, OSError) as exc:   # WeightFileError and InvalidValue are ValueErrors

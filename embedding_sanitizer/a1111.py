@@ -341,7 +341,7 @@ class SanitizeLedger:
         return None
 
 
-def sanitize_conditioning(conditioning, fn: Callable, ledger: SanitizeLedger, pooled_dim: int = 0) -> int:
+def sanitize_prompt_schedules(conditioning, fn: Callable, ledger: SanitizeLedger, pooled_dim: int = 0) -> int:
     """Replace every schedule entry's cond with fn's sanitized version, in place in the lists.
 
     fn(embedding (1,T,D), pooled (1,P) or None) -> SanitizeResult. Returns how many distinct

@@ -365,3 +365,17 @@ def load_encoder(spec: Optional[Union[str, Path]] = None, device: Optional[str] 
                                                 _clip_model(1280, state=states[1])], path.name, device)
         return _from_state(states[0], path.name, device)
     return _from_state(_read_safetensors(path), path.name, device)
+
+
+def encoder_for(model, spec: Optional[Union[str, Path]] = None, device: Optional[str] = None) -> TextEncoder:
+    """The text encoder a sanitizer reads: `spec` (as for load_encoder), or the embedded MiniLM for
+    a MiniLM sanitizer; refuses an encoder of another family or width with both names."""
+    family = model.config.encoder_family
+    if spec is None and family != "minilm":
+        raise ValueError(f"these weights were trained for a {family} encoder ({model.config.encoder_name}); "
+                         f"pass its checkpoint with --encoder FILE")
+    encoder = load_encoder(spec, device)
+    if encoder.family != family or encoder.embed_dim != model.config.embed_dim:
+        raise ValueError(f"the sanitizer was trained for {family} (D={model.config.embed_dim}) "
+                         f"but the encoder is {encoder.family} (D={encoder.embed_dim})")
+    return encoder

@@ -333,7 +333,7 @@ class EmbeddingSanitizerScript(scripts.Script):
                                       concepts=d.concepts)
 
             before = len(state["ledger"].results)
-            n = W.sanitize_conditioning(c, fn, state["ledger"], pooled_dim)
+            n = W.sanitize_prompt_schedules(c, fn, state["ledger"], pooled_dim)
         except Exception as e:
             if d.enforced:
                 raise

@@ -110,16 +110,15 @@ def _load_model_and_encoder(args, encoder=None):
     """The sanitizer and the encoder it was trained for: `encoder` when given (tests pass one
     that needs no weights), else the one --encoder names (the embedded MiniLM by default)."""
     from .. import default_weights_path, load_sanitizer
-    from ..encoders import load_encoder
+    from ..encoders import encoder_for
     path = Path(args.weights) if args.weights else default_weights_path()
     model = load_sanitizer(path, device=args.device)
     family = model.config.encoder_family
     if encoder is None:
-        spec = args.encoder or ("minilm" if family == "minilm" else None)
-        if spec is None:
-            raise SystemExit(f"the sanitizer {path.name} is for the '{family}' encoder; pass --encoder "
-                             f"with that encoder's weights (see embedding_sanitizer.encoders.load_encoder)")
-        encoder = load_encoder(spec, device=args.device)
+        try:
+            encoder = encoder_for(model, args.encoder, args.device)
+        except ValueError as exc:
+            raise SystemExit(f"{path.name}: {exc}") from None
     if encoder.embed_dim != model.config.embed_dim:
         raise SystemExit(f"encoder {encoder.name} gives D={encoder.embed_dim}, the sanitizer expects "
                          f"{model.config.embed_dim} ({family})")

@@ -92,7 +92,7 @@ def test_sanitize_multicond_and_schedules_once_each():
         [ComposableScheduledPromptConditioning(sched1), ComposableScheduledPromptConditioning(sched2, 0.5)],
         [ComposableScheduledPromptConditioning(sched3)]])
     ledger, calls = W.SanitizeLedger(), []
-    n = W.sanitize_conditioning(multi, fn_for(model, calls), ledger)
+    n = W.sanitize_prompt_schedules(multi, fn_for(model, calls), ledger)
     assert n == 3 and len(calls) == 3          # a, b, c once each, not per image
     got = [e for comp in multi.batch for cp in comp for e in cp.schedules]
     assert [e.end_at_step for e in got] == [10, 20, 20, 10, 20]
@@ -102,11 +102,11 @@ def test_sanitize_multicond_and_schedules_once_each():
     for x, o in zip((a, b, c), originals):     # the cached originals are never edited
         assert torch.equal(x, o)
     # the hires pass / Forge's second hook call hands the same objects again: no new work
-    assert W.sanitize_conditioning(multi, fn_for(model, calls), ledger) == 0 and len(calls) == 3
+    assert W.sanitize_prompt_schedules(multi, fn_for(model, calls), ledger) == 0 and len(calls) == 3
     # a hires conditioning built from the same cache entry (same originals) reuses results
     hr = MulticondLearnedConditioning((1,), [[ComposableScheduledPromptConditioning(
         [ScheduledPromptConditioning(20, c)])]])
-    assert W.sanitize_conditioning(hr, fn_for(model, calls), ledger) == 0
+    assert W.sanitize_prompt_schedules(hr, fn_for(model, calls), ledger) == 0
     assert hr.batch[0][0].schedules[0].cond is got[2].cond
 
 
@@ -116,7 +116,7 @@ def test_sdxl_multicond_sanitizes_crossattn_and_pooled():
     multi = MulticondLearnedConditioning((1,), [[ComposableScheduledPromptConditioning(
         [ScheduledPromptConditioning(20, cond)])]])
     ledger = W.SanitizeLedger()
-    W.sanitize_conditioning(multi, fn_for(model, []), ledger, pooled_dim=1280)
+    W.sanitize_prompt_schedules(multi, fn_for(model, []), ledger, pooled_dim=1280)
     new = multi.batch[0][0].schedules[0].cond
     assert not torch.equal(new["crossattn"], cond["crossattn"])
     assert not torch.equal(new["vector"][:1280], cond["vector"][:1280])
@@ -128,7 +128,7 @@ def test_intensity_zero_leaves_values_bit_for_bit():
     cond = sd1_cond()
     multi = MulticondLearnedConditioning((1,), [[ComposableScheduledPromptConditioning(
         [ScheduledPromptConditioning(20, cond)])]])
-    W.sanitize_conditioning(multi, fn_for(model, [], intensity=0.0), W.SanitizeLedger())
+    W.sanitize_prompt_schedules(multi, fn_for(model, [], intensity=0.0), W.SanitizeLedger())
     assert torch.equal(multi.batch[0][0].schedules[0].cond, cond)
 
 
@@ -136,7 +136,7 @@ def test_negative_list_of_lists_is_walked_but_signature_detects_changes():
     neg = [[ScheduledPromptConditioning(20, sd1_cond(seed=5))]]
     before = W.conditioning_signature(neg)
     assert len(W.schedule_lists(neg)) == 1 and W.conditioning_signature(neg) == before
-    W.sanitize_conditioning(neg, fn_for(active_model(), []), W.SanitizeLedger())
+    W.sanitize_prompt_schedules(neg, fn_for(active_model(), []), W.SanitizeLedger())
     assert W.conditioning_signature(neg) != before
 
 
@@ -145,7 +145,7 @@ def test_wrong_dimension_raises_shape_error():
     multi = MulticondLearnedConditioning((1,), [[ComposableScheduledPromptConditioning(
         [ScheduledPromptConditioning(20, sdxl_cond())])]])
     with pytest.raises(SanitizerShapeError):
-        W.sanitize_conditioning(multi, fn_for(active_model(), []), W.SanitizeLedger())
+        W.sanitize_prompt_schedules(multi, fn_for(active_model(), []), W.SanitizeLedger())
 
 
 def test_poisoned_conditioning_refuses_any_use():
@@ -259,10 +259,10 @@ def test_max_change_reports_the_sanitizers_effect():
     multi = MulticondLearnedConditioning((1,), [[ComposableScheduledPromptConditioning(
         [ScheduledPromptConditioning(20, cond)])]])
     ledger = W.SanitizeLedger()
-    W.sanitize_conditioning(multi, fn_for(model, [], intensity=0.0), ledger)
+    W.sanitize_prompt_schedules(multi, fn_for(model, [], intensity=0.0), ledger)
     assert W.max_change(ledger) == 0.0
     ledger = W.SanitizeLedger()
-    W.sanitize_conditioning(multi, fn_for(model, []), ledger)
+    W.sanitize_prompt_schedules(multi, fn_for(model, []), ledger)
     assert W.max_change(ledger) > 0.0
 
 
