@@ -85,8 +85,8 @@ class EmbeddingSanitizerTrain:
                                              "Flux, SD3 without T5, ...)."}),
                 "preset": (PRESETS, {"default": "nudity + violence",
                                      "tooltip": "Built-in concepts to erase; 'custom only' uses just your terms below."}),
-                "steps": ("INT", {"default": 1500, "min": 10, "max": 100000, "step": 10,
-                                  "tooltip": "Optimisation steps (1500 is the default training)."}),
+                "steps": ("INT", {"default": TrainConfig.steps, "min": 10, "max": 100000, "step": 10,
+                                  "tooltip": f"Optimisation steps ({TrainConfig.steps} is the default training)."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF,
                                  "tooltip": "Seed for the synthesized prompts and the training: same seed, same result."}),
                 "filename": ("STRING", {"default": "my-sanitizer",
@@ -101,9 +101,9 @@ class EmbeddingSanitizerTrain:
                 "custom_anchors": ("STRING", {"multiline": True, "default": "",
                                               "tooltip": "Safe replacements of the same role (one per line or comma-separated); "
                                                          "give one-, two- and three-word anchors."}),
-                "pairs_per_concept": ("INT", {"default": 2500, "min": 32, "max": 100000,
+                "pairs_per_concept": ("INT", {"default": TrainConfig.pairs_per_concept, "min": 32, "max": 100000,
                                               "tooltip": "Synthesized unsafe/anchor prompt pairs per concept "
-                                                         "(benign prompts scale with it)."}),
+                                                         "(benign and real prompts scale with it)."}),
             },
         }
 
@@ -116,7 +116,7 @@ class EmbeddingSanitizerTrain:
     OUTPUT_NODE = True
 
     def train(self, clip, preset, steps, seed, filename, overwrite=False, custom_concept="",
-              custom_terms="", custom_anchors="", pairs_per_concept=2500):
+              custom_terms="", custom_anchors="", pairs_per_concept=TrainConfig.pairs_per_concept):
         # Everything is checked before the (long) encoding and training start.
         concepts = self._concepts(preset, custom_concept, custom_terms, custom_anchors)
         name = _safe_filename(filename)
@@ -124,8 +124,10 @@ class EmbeddingSanitizerTrain:
         if os.path.exists(target) and not overwrite:
             raise ValueError(f"Train Embedding Sanitizer: {target} exists; pick another filename or set overwrite")
         benign = TrainConfig.benign * int(pairs_per_concept) // TrainConfig.pairs_per_concept
+        # Every part of the corpus scales with pairs_per_concept, so a small value is a quick trial.
+        weak = len(weak_examples(concepts)[0]) * int(pairs_per_concept) // TrainConfig.pairs_per_concept
         config = TrainConfig(steps=int(steps), seed=int(seed), pairs_per_concept=int(pairs_per_concept),
-                             benign=benign, heldout_pairs_per_concept=max(16, pairs_per_concept // 8),
+                             benign=benign, weak_prompts=weak, heldout_pairs_per_concept=max(16, pairs_per_concept // 8),
                              heldout_benign=max(32, benign // 10))
         bar = comfy.utils.ProgressBar(int(steps))
         # The bar shows the training prompts being encoded, the steps, then the held-out prompts

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from embedding_sanitizer.model import DEFAULT_THRESHOLD
+
 from .comfy_env import comfy_server, get, server_folders
 from .conftest import ROOT, active_sanitizer
 
@@ -89,7 +91,7 @@ def workflow(text=PROMPT, intensity=1.0):
         "2": {"class_type": "EmbeddingSanitizerLoader", "inputs": {"sanitizer_name": "sd1-e2e.safetensors"}},
         "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 0], "text": text}},
         "4": {"class_type": "EmbeddingSanitizerApply", "inputs": {
-            "conditioning": ["3", 0], "sanitizer": ["2", 0], "intensity": intensity, "threshold": 0.0,
+            "conditioning": ["3", 0], "sanitizer": ["2", 0], "intensity": intensity, "threshold": DEFAULT_THRESHOLD,
             "clip": ["1", 0], "text": text}},
         "5": {"class_type": "EmbeddingSanitizerCLIPTextEncode", "inputs": {
             "clip": ["1", 0], "text": text, "sanitizer": ["2", 0], "intensity": intensity}},
