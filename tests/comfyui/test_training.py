@@ -90,7 +90,7 @@ def test_bad_requests_are_refused_before_encoding(nodes, sd1_clip, monkeypatch, 
 
     def must_not_encode(clip):
         raise AssertionError("encoding started before the request was checked")
-    monkeypatch.setattr(module, "ComfyClipEncoder", must_not_encode)
+    monkeypatch.setattr(module, "ComfyTextEncoder", must_not_encode)
     with pytest.raises(ValueError, match=message):
         run_train(nodes, sd1_clip, filename, **kw)
 
