@@ -9,6 +9,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_pack_imports_its_engine_and_restores_sys_path(monkeypatch):
+    monkeypatch.setitem(sys.modules, "folder_paths", None)     # as outside ComfyUI, even after its tests
     spec = importlib.util.spec_from_file_location("pack_entry_under_test", ROOT / "__init__.py")
     pack = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(pack)          # outside ComfyUI: no folder_paths, empty mappings
