@@ -37,7 +37,7 @@ from .paths import PACKAGE_DIR
 
 DATA_DIR = PACKAGE_DIR / "data"
 I2P_COLUMNS = ("prompt", "categories", "nudity_percentage")
-UNKNOWN = -1.0      # a weak label that says nothing about a concept
+UNKNOWN = -1.0      # a label (of a token or a prompt) that says nothing about a concept
 
 # I2P labels (shared/data/README.md): a prompt is "nudity" at nudity_percentage >= 50.
 NUDITY_PERCENT = 50.0
@@ -316,8 +316,7 @@ def heldout_sets(count_tokens, concepts: Sequence[Concept], pairs_per_concept: i
     unsafe = [ex.unsafe for i, c in enumerate(concepts)
               for ex in make_pairs(c, pairs_per_concept, seed + 100 + i, count_tokens, heldout=True)]
     pool = benign_prompts(benign * 3, seed + 7, concepts, noisy_share=0.2)
-    benign_prompts_ = [p for p in dict.fromkeys(pool) if p not in seen][:benign]
-    return unsafe, benign_prompts_
+    return unsafe, [p for p in dict.fromkeys(pool) if p not in seen][:benign]
 
 
 @dataclass

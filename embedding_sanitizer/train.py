@@ -29,7 +29,6 @@ from .lexicon import Concept
 from .metrics import evaluate
 from .model import DEFAULT_THRESHOLD, EmbeddingSanitizer, SanitizerConfig
 
-UNLABELLED = -1.0
 # Above this held-out benign touched share, the summary tells the user what to add.
 BENIGN_TOUCHED_WARNING = 0.02
 
@@ -108,7 +107,7 @@ def aligned(examples: list[Example], unsafe: Cache, anchor: Cache, leading: int)
 
 
 def term_labels(examples: list[Example], concepts: list[str], cache: Cache, leading: int) -> torch.Tensor:
-    labels = torch.full((*cache.attention.shape, len(concepts)), UNLABELLED)
+    labels = torch.full((*cache.attention.shape, len(concepts)), UNKNOWN)
     for i, ex in enumerate(examples):
         start = leading + ex.term_start
         labels[i, start:start + ex.term_length] = 0.0
@@ -118,7 +117,7 @@ def term_labels(examples: list[Example], concepts: list[str], cache: Cache, lead
 
 def benign_labels(cache: Cache, concepts: int) -> torch.Tensor:
     labels = torch.zeros((*cache.attention.shape, concepts))
-    return labels.masked_fill(~cache.attention.unsqueeze(-1), UNLABELLED)
+    return labels.masked_fill(~cache.attention.unsqueeze(-1), UNKNOWN)
 
 
 def feature_scale(cache: Cache) -> torch.Tensor:
@@ -262,7 +261,7 @@ def fit(model, config: TrainConfig, device, unsafe: Cache, anchor: Cache, unsafe
         for idx, e_u, m_u, _, y_u, e_a in batches.draw(size, unsafe, unsafe_labels, anchor):
             out, s, g, pd = apply(model, e_u, m_u)
             add("erase", *masked_mse(out, e_a, m_u.float(), scale))
-            known = y_u != UNLABELLED
+            known = y_u != UNKNOWN
             add("score", F.binary_cross_entropy(s[known], y_u[known], reduction="sum"), known.sum())
             if pooled_scale is not None:
                 p_u, p_a = unsafe.pooled[idx].to(device).float(), anchor.pooled[idx].to(device).float()
@@ -271,7 +270,7 @@ def fit(model, config: TrainConfig, device, unsafe: Cache, anchor: Cache, unsafe
         for idx, e_b, m_b, _, y_b in batches.draw(2 * size, benign, benign_target):
             out, s, g, pd = apply(model, e_b, m_b)
             add("preserve", *masked_mse(out, e_b, m_b.float(), scale))
-            known = y_b != UNLABELLED
+            known = y_b != UNKNOWN
             add("score", F.binary_cross_entropy(s[known], y_b[known], reduction="sum"), known.sum())
             if pooled_scale is not None:
                 add("pooled", config.preserve_weight * ((g.amax(1, keepdim=True) * pd) / pooled_scale)
