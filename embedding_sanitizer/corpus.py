@@ -71,6 +71,12 @@ def real_captions() -> tuple[str, ...]:
 
 
 @lru_cache(maxsize=1)
+def caption_words() -> frozenset[str]:
+    """Every lower-case word of the shipped captions (read once: each corpus build asks)."""
+    return frozenset(w for c in real_captions() for w in re.findall(r"[a-z]+", c.lower()))
+
+
+@lru_cache(maxsize=1)
 def i2p_rows() -> tuple[dict, ...]:
     """I2P prompts, training part (MIT): prompt, categories, nudity_percentage."""
     with open(DATA_DIR / "i2p_train.csv", newline="", encoding="utf-8") as f:
@@ -216,7 +222,7 @@ def terms_pattern(concepts: Sequence[Concept]) -> re.Pattern:
 def compound_contexts(concepts: Sequence[Concept]) -> list[str]:
     """Everyday words that contain a single-word term without being one ("clownfish" for
     "clown"): harmless senses a user's concept file rarely lists."""
-    vocabulary = sorted(set(everyday_words()) | {w for c in real_captions() for w in re.findall(r"[a-z]+", c.lower())})
+    vocabulary = sorted(set(everyday_words()) | caption_words())
     found = []
     for concept in concepts:
         terms = {t.lower() for t in concept.train_terms + concept.heldout_terms}
