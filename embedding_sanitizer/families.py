@@ -24,13 +24,14 @@ class Family:
     clip_widths: tuple[int, ...] = ()    # CLIP towers the engine's CLIPEncoder builds, in row order
     comfy_models: tuple[str, ...] = ()   # ComfyUI text-encoder classes (CLIP.cond_stage_model)
     webui_type: Optional[str] = None     # the A1111/Forge model type it serves
+    comfy_image_models: tuple[str, ...] = ()   # ComfyUI image-model configs that read it (operator mode)
 
 
 FAMILIES: dict[str, Family] = {f.id: f for f in (
-    Family("sd1-clip-l", "SD 1.x (CLIP-L)", 768, 0, 77, 768, (768,), ("SD1ClipModel",), "sd1"),
-    Family("sd2-clip-h", "SD 2.x (OpenCLIP ViT-H)", 1024, 0, 77, 1024, (1024,), ("SD2ClipModel",), "sd2"),
+    Family("sd1-clip-l", "SD 1.x (CLIP-L)", 768, 0, 77, 768, (768,), ("SD1ClipModel",), "sd1", ("SD15",)),
+    Family("sd2-clip-h", "SD 2.x (OpenCLIP ViT-H)", 1024, 0, 77, 1024, (1024,), ("SD2ClipModel",), "sd2", ("SD20",)),
     Family("sdxl-clip-lg", "SDXL (CLIP-L + CLIP-G)", 2048, 1280, 77, 1280, (768, 1280),
-           ("SDXLClipModel",), "sdxl"),
+           ("SDXLClipModel",), "sdxl", ("SDXL",)),
     Family("sdxl-refiner-clip-g", "SDXL refiner / Stable Cascade (CLIP-G)", 1280, 1280, 77, 1280, (),
            ("SDXLRefinerClipModel", "StableCascadeClipModel")),
     Family("sd3-clip-lg-t5xxl", "SD3 / SD3.5 (CLIP-L + CLIP-G padded to 4096, then T5-XXL)", 4096, 2048, 0,
@@ -54,6 +55,11 @@ def label(family_id: str) -> str:
 def webui_families() -> dict[str, str]:
     """{A1111/Forge model type: family id}."""
     return {f.webui_type: f.id for f in FAMILIES.values() if f.webui_type}
+
+
+def comfy_image_model_families() -> dict[str, str]:
+    """{ComfyUI image-model config class (supported_models): family id}; subclasses follow their base."""
+    return {name: f.id for f in FAMILIES.values() for name in f.comfy_image_models}
 
 
 def comfy_family_id(model_class: str, embed_dim: int) -> str:

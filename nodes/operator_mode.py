@@ -27,7 +27,7 @@ from typing import Optional
 import folder_paths
 import torch
 
-from embedding_sanitizer import load_sanitizer
+from embedding_sanitizer import families, load_sanitizer
 from embedding_sanitizer.operator import (MARK_KEY, OperatorConfigError, enforcement_plan, file_sha256,
                                           read_operator_config, weights_fingerprint, with_operator)
 
@@ -40,7 +40,7 @@ NEGATIVE = "negative"
 WRAPPED = "__embedding_sanitizer_wraps__"
 # ComfyUI model classes (comfy.supported_models, matched along the MRO so SSD-1B, Segmind Vega,
 # KOALA, inpaint and pix2pix variants follow their base) -> the sanitizer family of their text encoder.
-MODEL_FAMILIES = {"SD15": "sd1-clip-l", "SD20": "sd2-clip-h", "SDXL": "sdxl-clip-lg"}
+MODEL_FAMILIES = families.comfy_image_model_families()
 KEEP_PROMPTS = 256          # per-prompt records kept until the prompt's history is written
 
 LOG = logging.getLogger("embedding_sanitizer")
