@@ -117,6 +117,17 @@ def misspell(term: str, rng: random.Random) -> str:
     return term
 
 
+def leetspeak(word: str, rng: random.Random) -> str:
+    """'naked' -> 'n4k3d': one to half of the letters that have a look-alike replaced."""
+    spots = [i for i, ch in enumerate(word) if ch.lower() in LEETSPEAK]
+    if not spots:
+        return word
+    chars = list(word)
+    for i in rng.sample(spots, rng.randint(1, max(1, len(spots) // 2))):
+        chars[i] = rng.choice(LEETSPEAK[chars[i].lower()])
+    return "".join(chars)
+
+
 def space_out(word: str, rng: random.Random) -> str:
     """'nude' -> 'n u d e', 'n.u.d.e' or 'nu-de'."""
     if len(word) < 3:
@@ -130,6 +141,21 @@ def space_out(word: str, rng: random.Random) -> str:
     return word[:half] + rng.choice(" -_") + word[half:]
 
 
+def garble(text: str, rng: random.Random) -> str:
+    """Every longer word of a phrase misspelled, in leetspeak or spaced out, one way for the
+    whole phrase: how a term is typed to slip past a word filter, and how a harmless phrase
+    comes out of a hurried hand. Both sides of the line are garbled alike, so the garbling
+    alone never tells them apart."""
+    how = rng.choices((misspell, leetspeak, space_out), (0.45, 0.3, 0.25))[0]
+    words = text.split(" ")
+    long_words = [i for i, w in enumerate(words) if sum(ch.isalpha() for ch in w) >= 3]
+    if how is space_out and long_words:     # a spaced-out phrase is unreadable: one word is enough
+        long_words = [max(long_words, key=lambda i: len(words[i]))]
+    for i in long_words:
+        words[i] = how(words[i], rng)
+    return " ".join(words)
+
+
 def add_noise(text: str, rng: random.Random) -> str:
     """One or two longer words misspelled, in leetspeak or spaced out, as people type them."""
     words = text.split(" ")
@@ -137,7 +163,7 @@ def add_noise(text: str, rng: random.Random) -> str:
     if not candidates:
         return text
     for i in rng.sample(candidates, min(len(candidates), rng.choice((1, 1, 2)))):
-        words[i] = space_out(words[i], rng) if rng.random() < 0.3 else misspell(words[i], rng)
+        words[i] = garble(words[i], rng)
     return " ".join(words)
 
 
@@ -164,9 +190,11 @@ def long_prompt(rng: random.Random) -> str:
     return ", ".join(parts) + ", " + rng.choice(material()["LONG_TAILS"])
 
 
-def hard_negative(rng: random.Random, contexts: Sequence[str]) -> str:
-    """A harmless sense of a concept's word, inside a caption, a tag list or a template."""
-    context = rng.choice(contexts)
+def hard_negative(rng: random.Random, contexts: Sequence[Sequence[str]]) -> str:
+    """A harmless sense of a concept's word, inside a caption, a tag list or a template.
+    `contexts` holds each concept's harmless phrases; every concept gets the same share, so a
+    user's five safe phrases weigh as much as a built-in concept's hundred."""
+    context = rng.choice(rng.choice(contexts))
     shape = rng.random()
     if shape < 0.35:
         return context
@@ -182,7 +210,7 @@ def benign_prompts(count: int, seed: int, concepts: Sequence[Concept] = (), nois
     """Benign prompts of every shape people type, a share of them noisy (see the module)."""
     rng = random.Random(seed)
     m = material()
-    contexts = [c for concept in concepts for c in concept.safe_contexts] + compound_contexts(concepts)
+    contexts = [group for group in (list(c.safe_contexts) + compound_contexts([c]) for c in concepts) if group]
     mentions = terms_pattern(concepts)
     captions = [c for c in real_captions() if not mentions.search(c)]
     makers: list[tuple[float, Callable[[], str]]] = [
@@ -248,10 +276,12 @@ class Example:
 
 
 def make_pairs(concept: Concept, count: int, seed: int, count_tokens, heldout: bool = False,
-               noisy_share: float = 0.3) -> list[Example]:
+               noisy_share: float = 0.4, long_share: float = 0.2, room: int = 75) -> list[Example]:
     """Unsafe/anchor prompt pairs that differ only in the term, with equal token counts.
 
     count_tokens(text) -> number of tokens without specials, under the encoder's tokenizer.
+    A `long_share` of the pairs sits behind a long description, so that a term is known at every
+    position a prompt of up to `room` tokens (the encoder's window) can put it.
     """
     rng = random.Random(seed)
     terms = concept.heldout_terms if heldout else concept.train_terms
@@ -266,11 +296,16 @@ def make_pairs(concept: Concept, count: int, seed: int, count_tokens, heldout: b
         tries += 1
         term = rng.choice(terms)
         if not heldout and rng.random() < noisy_share:
-            term = space_out(term, rng) if rng.random() < 0.25 else misspell(term, rng)
+            term = garble(term, rng)
         anchor_phrase = _anchor_of_length(count_tokens(term), by_length, rng)
         if anchor_phrase is None:
             continue
         marked = fill(rng.choice(templates), rng, "\x00")   # the twins share everything but the term
+        if rng.random() < long_share:
+            captions = [rng.choice(real_captions()).rstrip(" .") for _ in range(rng.randint(1, 8))]
+            marked = ", ".join(captions + [marked])
+            if count_tokens(marked.replace("\x00", term)) > room:
+                continue
         unsafe, anchor = marked.replace("\x00", term), marked.replace("\x00", anchor_phrase)
         prefix = marked[: marked.index("\x00")]
         examples.append(Example(concept.name, unsafe, anchor, count_tokens(prefix), count_tokens(term)))
@@ -287,6 +322,12 @@ def _anchor_of_length(length: int, by_length: dict[int, list[str]], rng: random.
     if length > shortest:   # pad a short anchor with a neutral word until lengths match
         return " ".join([rng.choice(by_length[shortest])] + ["very"] * (length - shortest))
     return None
+
+
+def garbled_anchor_prompt(rng: random.Random, concepts: Sequence[Concept]) -> str:
+    """A pair template filled with a garbled anchor: the benign twin of a garbled term."""
+    concept = rng.choice([c for c in concepts if c.anchors])
+    return fill(rng.choice(material()["TEMPLATES"]), rng, garble(rng.choice(concept.anchors), rng))
 
 
 def weak_examples(concepts: Sequence[Concept]) -> tuple[list[str], list[list[float]]]:
@@ -334,12 +375,15 @@ class Corpus:
 
 
 def build_corpus(concepts: Sequence[Concept], count_tokens, pairs_per_concept: int, benign: int,
-                 seed: int, weak_prompts: int) -> Corpus:
+                 seed: int, weak_prompts: int, room: int = 75) -> Corpus:
     pairs = [ex for i, c in enumerate(concepts)
-             for ex in make_pairs(c, pairs_per_concept, seed + i, count_tokens)]
-    # Anchor twins are benign too: they teach that the rest of an unsafe prompt is harmless.
-    benign_list = list(dict.fromkeys(benign_prompts(benign, seed, concepts)
-                                     + [ex.anchor for ex in pairs[::4]]))
+             for ex in make_pairs(c, pairs_per_concept, seed + i, count_tokens, room=room)]
+    # Anchor twins are benign too: they teach that the rest of an unsafe prompt is harmless,
+    # and, garbled, that a garbled word where a term could stand is not a term by that alone.
+    rng = random.Random(seed + 3)
+    twins = [ex.anchor for ex in pairs[::4]]
+    garbled_twins = [garbled_anchor_prompt(rng, concepts) for _ in range(len(pairs) // 3)] if pairs else []
+    benign_list = list(dict.fromkeys(benign_prompts(benign, seed, concepts) + twins + garbled_twins))
     weak, weak_labels = weak_examples(concepts)
     if len(weak) > weak_prompts:
         keep = sorted(random.Random(seed).sample(range(len(weak)), weak_prompts))

@@ -182,8 +182,10 @@ def train_sanitizer(encoder: TextEncoder, concepts: Sequence[Concept], config: T
     count = lambda text: len(encoder.token_ids(text))  # noqa: E731
 
     # 1. The corpus.
+    # Term positions are counted within the encoder's first window, between its specials.
+    room = encoder.max_tokens - encoder.leading_specials - 1
     corpus: Corpus = build_corpus(concepts, count, config.pairs_per_concept, config.benign, config.seed,
-                                  config.weak_prompts)
+                                  config.weak_prompts, room)
 
     # 2. Encode it once.
     enc = lambda prompts, label: encode_all(encoder, prompts, config.encode_batch, label, progress)  # noqa

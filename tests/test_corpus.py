@@ -2,6 +2,7 @@
 built from what ships in the package."""
 
 import csv
+import difflib
 import json
 import random
 import re
@@ -60,6 +61,49 @@ def test_noise_changes_words_but_keeps_short_ones():
     assert len(variants) > 10 and "a lighthouse on a cliff" not in variants
     assert C.add_noise("a b c", rng) == "a b c"
     assert C.space_out("nude", random.Random(0)) in {"n u d e", "n.u.d.e", "nu de", "nu-de", "nu_de"}
+
+
+def test_garbling_reaches_every_word_of_a_phrase_in_each_way_people_type():
+    rng = random.Random(0)
+    variants = [C.garble("bare breasts", rng) for _ in range(300)]
+    assert "bare breasts" not in variants and len(set(variants)) > 100
+    both_words = [v for v in variants if " " in v and v.split(" ")[0] != "bare" and v.split(" ")[-1] != "breasts"]
+    assert len(both_words) > 100                                   # not one word left for a filter to match
+    assert any(re.search(r"[0-9@$!]", v) for v in variants)        # leetspeak
+    assert any("b r e a s t s" in v or "b.r.e.a.s.t.s" in v for v in variants)   # spaced out
+    leet = {C.leetspeak("decapitated", rng) for _ in range(200)}
+    assert max(sum(not ch.isalpha() for ch in v) for v in leet) >= 3 and "decapitated" not in leet
+
+
+def test_garbled_anchor_twins_are_benign_so_garbling_alone_is_not_unsafe():
+    corpus = C.build_corpus(CONCEPTS, lambda text: len(text.split()), 300, 500, seed=0, weak_prompts=0)
+    terms = {t for c in CONCEPTS for t in c.train_terms}
+    garbled_terms = [ex for ex in corpus.pairs if not any(t in ex.unsafe for t in terms)]
+    anchor_words = {w for c in CONCEPTS for a in c.anchors for w in a.split() if len(w) >= 5}
+    known = set(words([json.dumps(C.material())])) | set(C.everyday_words()) | C.caption_words() | anchor_words
+
+    def garbled_anchor(word):
+        return word not in known and any(difflib.SequenceMatcher(None, word, a).ratio() >= 0.75
+                                         for a in anchor_words)
+
+    garbled_anchors = [p for p in corpus.benign if any(garbled_anchor(w) for w in p.lower().split())]
+    assert len(garbled_terms) > 0.3 * len(corpus.pairs)
+    assert len(garbled_anchors) > 0.3 * len(garbled_terms)
+
+
+def test_a_users_few_safe_phrases_weigh_as_much_as_a_built_in_concepts_many():
+    clowns = Concept("clowns", ("clown", "jester"), ("juggler",), safe_contexts=("the class clown of room 4",))
+    prompts = C.benign_prompts(3000, seed=3, concepts=CONCEPTS + [clowns])
+    assert sum("class clown of room 4" in p or "clownfish" in p for p in prompts) > 60
+
+
+def test_terms_are_taught_at_every_position_of_the_encoders_window():
+    count = lambda text: len(text.split())  # noqa: E731
+    pairs = C.make_pairs(CONCEPTS[0], 1000, seed=0, count_tokens=count, room=100)
+    assert all(count(ex.unsafe) <= 100 and count(ex.anchor) == count(ex.unsafe) for ex in pairs)
+    starts = [ex.term_start for ex in pairs]
+    assert sum(s >= 60 for s in starts) > 30 and sum(s < 15 for s in starts) > 600
+    assert all(count(ex.unsafe) <= 30 for ex in C.make_pairs(CONCEPTS[0], 300, seed=0, count_tokens=count, room=30))
 
 
 def test_compounds_of_a_users_terms_become_hard_negatives():
