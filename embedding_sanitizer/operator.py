@@ -31,9 +31,9 @@ from typing import Any, Mapping, Optional
 import torch
 
 from .model import DEFAULT_THRESHOLD
+from .validation import MAX_INTENSITY
 
 MARK_KEY = "embedding_sanitizer"
-MAX_INTENSITY = 4.0            # the nodes' slider range; beyond it every gate is already saturated
 _KEYS = {"sanitizers", "min_intensity", "threshold", "concepts"}
 
 

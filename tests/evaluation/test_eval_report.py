@@ -5,7 +5,8 @@ import pytest
 
 from embedding_sanitizer import EmbeddingSanitizer, SanitizerConfig, save_sanitizer
 from embedding_sanitizer.evaluation.markdown import missing_sections
-from embedding_sanitizer.evaluation.run import main
+from embedding_sanitizer import validation
+from embedding_sanitizer.evaluation.run import FULL, QUICK, main
 
 from .toy_data import I2P_COLUMNS, ToyEncoder, write_csv
 
@@ -87,3 +88,9 @@ def test_quick_run_on_the_embedded_default(tmp_path):
     assert data["encoder"]["family"] == "minilm"
     heldout = data["results"]["synthetic/heldout"]["sanitizer (intensity=1)"]
     assert heldout["detection"]["auroc"] > 0.5
+
+
+@pytest.mark.parametrize("sizes", [FULL, QUICK], ids=["full", "quick"])
+def test_every_intensity_a_run_sweeps_is_one_the_sanitizer_accepts(sizes):
+    # The full run once swept up to 5 after the engine capped intensity at 4, and crashed.
+    assert [validation.intensity(x) for x in sizes.sweep_intensities] == list(sizes.sweep_intensities)
