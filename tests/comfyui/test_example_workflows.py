@@ -79,6 +79,18 @@ def test_workflow_has_a_thumbnail(path):
     assert thumbnail.read_bytes()[:3] == b"\xff\xd8\xff"                 # a JPEG
 
 
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_workflow_has_a_title_and_description(path):
+    """The template browser shows a pack's templates by file name only, as title and again as
+    description; web/js/template_info.js shows these instead."""
+    info = json.loads(path.read_text())["extra"]["template"]
+    title, description = info["title"], info["description"]
+    assert isinstance(title, str) and isinstance(description, str)
+    assert title.strip() and title != path.stem
+    assert description.strip() and description != path.stem.replace("_", " ")
+    assert len(description) <= 60, "a template card shows two lines of description"
+
+
 @pytest.mark.parametrize("path", WORKFLOWS + SAVED, ids=lambda p: p.name)
 def test_workflow_matches_node_definitions(path, all_nodes, pack, comfy_sd):
     data = json.loads(path.read_text())
