@@ -49,9 +49,13 @@ class EmbeddingSanitizerLoader:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"sanitizer_name": (folder_paths.get_filename_list(FOLDER), {
-            "tooltip": "A sanitizer weight file in ComfyUI/models/sanitizers. Use one trained for the "
-                       "text encoder (checkpoint family) whose prompts you sanitize."})}}
+        names = folder_paths.get_filename_list(FOLDER)
+        options = {"tooltip": "A sanitizer weight file in ComfyUI/models/sanitizers. Use one trained for the "
+                              "text encoder (checkpoint family) whose prompts you sanitize."}
+        if names:
+            # What a new node selects anyway; stated, so that the node library's preview shows it.
+            options["default"] = names[0]
+        return {"required": {"sanitizer_name": (names, options)}}
 
     RETURN_TYPES = ("SANITIZER",)
     RETURN_NAMES = ("sanitizer",)
@@ -122,7 +126,9 @@ class EmbeddingSanitizerCLIPTextEncode:
     def INPUT_TYPES(cls):
         return {"required": {
             "clip": ("CLIP", {"tooltip": "The text encoder of your checkpoint (CLIP, T5, ...: any that ComfyUI loads)."}),
-            "text": ("STRING", {"multiline": True, "dynamicPrompts": True, "tooltip": "The prompt to encode."}),
+            # The default is what a new node's prompt box holds; the node library's preview shows it.
+            "text": ("STRING", {"multiline": True, "dynamicPrompts": True, "default": "",
+                                "tooltip": "The prompt to encode."}),
             "sanitizer": ("SANITIZER", {"tooltip": "From Load Embedding Sanitizer; must match this CLIP."}),
             "intensity": INTENSITY,
         }}

@@ -7,6 +7,8 @@ import json
 import pytest
 import torch
 
+from .comfy_env import REPO
+
 PROMPT = "a photo of a nude woman holding a bloody knife"
 LONG = ", ".join(["a very detailed painting of a quiet mountain lake at sunrise"] * 12)  # > 75 tokens
 
@@ -48,6 +50,33 @@ def test_mappings_and_tooltips(nodes, pack):
             for name, entry in group.items():
                 assert len(entry) == 2 and entry[1].get("tooltip"), f"{cls.__name__}.{name} lacks a tooltip"
         assert hasattr(cls, cls.FUNCTION)
+
+
+def test_every_widget_input_has_a_default(nodes, sanitizer_files):
+    """The frontend's node library preview lists every input of a widget type (forceInput ones too)
+    with its default, and shows "undefined" where there is none."""
+    for cls in nodes.values():
+        for group in cls.INPUT_TYPES().values():
+            for name, (kind, options) in group.items():
+                if isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN"):
+                    assert "default" in options, f"{cls.__name__}.{name} has no default"
+    names, options = nodes["EmbeddingSanitizerLoader"].INPUT_TYPES()["required"]["sanitizer_name"]
+    assert options["default"] == names[0]
+
+
+def test_locale_labels_name_real_inputs(nodes):
+    """locales/<lang>/nodeDefs.json relabels inputs on the canvas; the input names (which saved and
+    API workflows use) stay as they are, so every label must name an input that exists."""
+    files = sorted((REPO / "locales").glob("*/nodeDefs.json"))
+    assert files
+    for path in files:
+        for node_id, entry in json.loads(path.read_text()).items():
+            inputs = {name for group in nodes[node_id].INPUT_TYPES().values() for name in group}
+            for name, label in entry.get("inputs", {}).items():
+                assert name in inputs and label["name"], f"{path}: {node_id}.{name}"
+    english = json.loads((REPO / "locales/en/nodeDefs.json").read_text())
+    # The example workflows' loader (320 wide) cuts a longer label beside "my-sd15-sanitizer.safetensors".
+    assert english["EmbeddingSanitizerLoader"]["inputs"]["sanitizer_name"]["name"] == "sanitizer"
 
 
 def test_folder_keeps_yaml_entry_and_lists_only_safetensors(pack, sanitizers_dir, sanitizer_files):
