@@ -35,12 +35,12 @@ BENIGN_TOUCHED_WARNING = 0.02
 
 @dataclass
 class TrainConfig:
-    steps: int = 1600
+    steps: int = 2400
     batch_size: int = 48
     lr: float = 1e-3
     weight_decay: float = 0.01
     width: int = 192
-    layers: int = 2
+    layers: int = 3
     heads: int = 4
     pairs_per_concept: int = 1500
     benign: int = 8000
