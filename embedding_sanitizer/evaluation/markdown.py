@@ -296,14 +296,16 @@ NOTES = [
     "- The probe and the concept descriptions use the same frozen encoder as the methods; a method that "
     "moves embeddings towards the probe's benign side lowers the ASR whether or not an image model would "
     "follow. The probe is trained on ORIGINAL embeddings only, never on any method's output.",
-    "- The sanitizer was trained on the lexicon's train terms with random misspellings of them (see "
-    "embedding_sanitizer/lexicon.py); the misspelling and character-substitution variants are therefore partly "
-    "in its training distribution. Held-out terms, synonyms and the real sets are not.",
+    "- The sanitizer was trained on the lexicon's train terms, garbled (misspelled, in leetspeak, spaced out) "
+    "and behind long descriptions (see embedding_sanitizer/corpus.py); the misspelling, character-substitution, "
+    "spacing, buried and long variants are therefore partly in its training distribution. Held-out terms, "
+    "synonyms and the real sets' validation parts are not.",
     "- SAFREE-style: only its text-embedding projection is implemented (from the paper's description, "
     "word-level leave-one-out); its image-side parts (self-validating filtering, latent re-attention) act "
     "on the image model and are not compared here.",
     "- The keyword filter deletes matches; replacing them by a safe word gives the same detection numbers.",
-    "- Real prompt sets are development halves; the other halves are kept apart for independent evaluation.",
+    "- Real prompt sets: only their validation part is evaluated; the sanitizer and the probe learn from the "
+    "training part (shared/data/README.md). Other held-out sets are measured independently.",
     "",
 ]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 
@@ -30,16 +31,23 @@ def plot_tradeoffs(data: dict, out: Path) -> list[str]:
     return files
 
 
+def _number(value) -> float:
+    """A metric as plotted: report.json writes an undefined one (NaN) as null."""
+    return math.nan if value is None else float(value)
+
+
 def _plot_sweep(plt, data: dict, key: str, sweep: dict):
     """A method's sweep: probe ASR and concept residual against benign cosine, one line per group."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for group, pts in sweep["groups"].items():
         c = GROUP_COLOURS.get(group, None)
-        x = [p["benign_cosine_mean"] for p in pts]
+        x = [_number(p["benign_cosine_mean"]) for p in pts]
         for ax, metric in zip(axes, ("probe_asr_after", "concept_residual")):
-            y = [p[metric] for p in pts]
+            y = [_number(p[metric]) for p in pts]
             ax.plot(x, y, "o-", color=c, label=group)
             for p, xi, yi in zip(pts, x, y):
+                if math.isnan(xi) or math.isnan(yi):
+                    continue
                 ax.annotate(f"{p['setting']:g}", (xi, yi), fontsize=7, xytext=(3, 3),
                             textcoords="offset points")
     for ax, title in zip(axes, ("probe attack success rate (lower = more erased)",

@@ -60,6 +60,11 @@ def test_harness_writes_a_complete_report(tmp_path, capsys):
     assert (out / "tradeoff.png").stat().st_size > 1000
     assert "python -m embedding_sanitizer eval" in md and "toy" in md
     assert data["goal"]["rows"]
+    # Re-rendering reads undefined metrics back as null (groups with no concept residual).
+    assert "null" in (out / "report.json").read_text()
+    (out / "tradeoff.png").unlink()
+    assert main(["--render", str(out / "report.json"), "--out", str(out)]) == 0
+    assert (out / "report.md").read_text() == md and (out / "tradeoff.png").stat().st_size > 1000
 
 
 def test_harness_skips_real_sets_with_a_reason(tmp_path, capsys):
