@@ -1,4 +1,4 @@
-"""Which rows of a host's conditioning hold tokens, for encoders of any kind.
+"""Which rows and features of a host's conditioning hold anything, for encoders of any kind.
 
 CLIP rows are always tokens (padding included, which the image model reads). Whole-sequence
 encoders (T5, LLMs) may come with an attention mask, and ComfyUI zeroes the rows it masks
@@ -23,3 +23,10 @@ def valid_rows(embedding: torch.Tensor, attention_mask=None) -> Optional[torch.T
             and attention_mask.shape[0] in (1, batch):
         valid = valid & attention_mask.to(valid.device).bool().expand(batch, tokens)
     return None if bool(valid.all()) else valid
+
+
+def filled_width(embedding: torch.Tensor) -> int:
+    """How many leading features of the rows hold anything: SD3 pads its CLIP rows with zeros to
+    4096, so without T5 only the first 2048 are filled."""
+    used = embedding.detach().reshape(-1, embedding.shape[-1]).ne(0).any(dim=0).nonzero()
+    return int(used.max()) + 1 if len(used) else 0

@@ -3,8 +3,9 @@
 A sanitizer is trained on one text encoder's rows and only fits that encoder. Width alone
 cannot tell encoders apart (CLIP-L and T5-base are both 768 wide; T5-XXL rows and SD3's
 zero-padded CLIP rows are both 4096 wide), so a family is named by an id recorded in the
-weight file, and recognised from what a host loaded: ComfyUI's text-encoder class, the
-conditioning's row width and the width of the pooled vector it carries.
+weight file, and recognised from what a host loaded: ComfyUI's text-encoder class and the
+sub-encoders it holds (SD3 with or without T5), the conditioning's row width and the width of
+the pooled vector it carries.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ class Family:
     comfy_models: tuple[str, ...] = ()   # ComfyUI text-encoder classes (CLIP.cond_stage_model)
     webui_type: Optional[str] = None     # the A1111/Forge model type it serves
     comfy_image_models: tuple[str, ...] = ()   # ComfyUI image-model configs that read it (operator mode)
+    comfy_parts: tuple[str, ...] = ()    # the sub-encoders the ComfyUI class must hold (SD3's are optional)
+    filled_width: int = 0                # features the rows fill, zeros after (SD3's CLIP rows); 0: not checked
 
 
 FAMILIES: dict[str, Family] = {f.id: f for f in (
@@ -35,7 +38,9 @@ FAMILIES: dict[str, Family] = {f.id: f for f in (
     Family("sdxl-refiner-clip-g", "SDXL refiner / Stable Cascade (CLIP-G)", 1280, 1280, 77, 1280, (),
            ("SDXLRefinerClipModel", "StableCascadeClipModel")),
     Family("sd3-clip-lg-t5xxl", "SD3 / SD3.5 (CLIP-L + CLIP-G padded to 4096, then T5-XXL)", 4096, 2048, 0,
-           2048, (), ("SD3ClipModel",)),
+           2048, (), ("SD3ClipModel",), comfy_parts=("clip_l", "clip_g", "t5xxl"), filled_width=4096),
+    Family("sd3-clip-lg", "SD3 / SD3.5 without T5 (CLIP-L + CLIP-G padded to 4096)", 4096, 2048, 77, 2048, (),
+           ("SD3ClipModel",), comfy_parts=("clip_l", "clip_g"), filled_width=2048),
     Family("flux-t5xxl-clip-l", "Flux (T5-XXL rows, CLIP-L pooled)", 4096, 768, 0, 768, (),
            ("FluxClipModel",)),
     Family("t5-base", "T5-base (Stable Audio)", 768, 0, 0, None, (), ("SAT5Model",)),
@@ -62,13 +67,17 @@ def comfy_image_model_families() -> dict[str, str]:
     return {name: f.id for f in FAMILIES.values() for name in f.comfy_image_models}
 
 
-def comfy_family_id(model_class: str, embed_dim: int) -> str:
+def comfy_family_id(model_class: str, embed_dim: int, parts: tuple[str, ...] = ()) -> str:
     """The family of a ComfyUI text encoder, from its class (ComfyUI subclasses some per load,
-    adding a trailing '_'). Encoders outside the table get an id of their own, with their width."""
+    adding a trailing '_') and, where the class's sub-encoders are optional (SD3), the `parts` it
+    holds. Encoders outside the table get an id of their own, with their parts and width."""
     name = model_class.rstrip("_")
-    for family in FAMILIES.values():
-        if name in family.comfy_models:
+    known = [f for f in FAMILIES.values() if name in f.comfy_models]
+    for family in known:
+        if not family.comfy_parts or tuple(family.comfy_parts) == tuple(parts):
             return family.id
+    if known:        # a class of the table holding other parts (SD3 with CLIP-L and T5 only, ...)
+        name = f"{name}({'+'.join(parts)})"
     return f"comfyui-{name}-{embed_dim}"
 
 
@@ -81,8 +90,10 @@ def comfy_family_label(family_id: str) -> str:
     return family_id
 
 
-def from_conditioning(embed_dim: int, pooled_width: Optional[int]) -> list[Family]:
+def from_conditioning(embed_dim: int, pooled_width: Optional[int], filled_width: Optional[int] = None) -> list[Family]:
     """The known families whose conditioning has rows this wide and a pooled vector this wide
-    (None: no pooled vector). Empty when the shape is not one of them."""
+    (None: no pooled vector), and, where a family says, whose rows fill this many features (SD3
+    without T5: only CLIP's 2048). Empty when the shape is not one of them."""
     return [f for f in FAMILIES.values()
-            if f.embed_dim == embed_dim and f.conditioning_pooled == pooled_width and f.id != "minilm"]
+            if f.embed_dim == embed_dim and f.conditioning_pooled == pooled_width and f.id != "minilm"
+            and (not f.filled_width or filled_width is None or f.filled_width == filled_width)]

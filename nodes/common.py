@@ -9,7 +9,7 @@ import folder_paths
 import torch
 
 from embedding_sanitizer import SanitizerShapeError, families, validation
-from embedding_sanitizer.conditioning import valid_rows
+from embedding_sanitizer.conditioning import filled_width, valid_rows
 from embedding_sanitizer.metrics import embedding_cosine
 from embedding_sanitizer.operator import mark_sanitized
 from embedding_sanitizer.report import format_report, prompt_summary, token_entries, token_report
@@ -54,7 +54,8 @@ def check_family(model, embedding: torch.Tensor, pooled, clip=None) -> None:
     """Refuse a conditioning from another text encoder than the sanitizer's.
 
     With the CLIP that encoded it, its family is known exactly; without, the shapes of rows and
-    pooled vector name the family (CLIP-L and T5-base differ in the pooled vector they carry)."""
+    pooled vector name the family (CLIP-L and T5-base differ in the pooled vector they carry; SD3
+    with T5 and without in the features its rows fill)."""
     trained = model.config.encoder_family
     if trained.startswith(LEGACY_PREFIX) or not (trained in families.FAMILIES or trained.startswith("comfyui-")):
         return
@@ -65,7 +66,7 @@ def check_family(model, embedding: torch.Tensor, pooled, clip=None) -> None:
             raise _mismatch(model, embedding, families.comfy_family_label(found))
         return
     pooled_width = pooled.shape[-1] if torch.is_tensor(pooled) else None
-    candidates = families.from_conditioning(width, pooled_width)
+    candidates = families.from_conditioning(width, pooled_width, filled_width(embedding))
     if candidates and trained not in {f.id for f in candidates}:
         raise _mismatch(model, embedding, " or ".join(f.label for f in candidates))
 

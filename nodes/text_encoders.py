@@ -29,7 +29,9 @@ def model_class(clip) -> str:
 
 
 def clip_family(clip, embed_dim: int) -> str:
-    return families.comfy_family_id(model_class(clip), embed_dim)
+    # SD3's class holds CLIP-L, CLIP-G and T5-XXL only where they were loaded.
+    parts = tuple(name for name, _ in clip.cond_stage_model.named_children())
+    return families.comfy_family_id(model_class(clip), embed_dim, parts)
 
 
 def row_streams(tokens: dict, rows: int) -> Optional[list[str]]:

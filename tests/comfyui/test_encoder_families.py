@@ -20,6 +20,8 @@ from .test_nodes import LONG, PROMPT, apply, assert_unchanged, encode, snapshot
 
 DATA = Path(__file__).resolve().parent / "data"
 WEIGHTED = "a (nude:1.3) woman, (bloody knife:0.8) in a kitchen"
+SD3 = r"SD3 / SD3\.5 \(CLIP-L \+ CLIP-G padded to 4096, then T5-XXL\)"
+SD3_NO_T5 = r"SD3 / SD3\.5 without T5"
 
 
 def text_encoders():
@@ -100,10 +102,19 @@ def test_same_width_other_encoder_is_refused_with_both_names(nodes, sd1_sanitize
     sd3_like = [[torch.randn(1, 154, 4096), {"pooled_output": torch.randn(1, 2048)}]]
     with pytest.raises(ValueError, match=r"trained for Flux.*looks like SD3"):
         apply(nodes, sd3_like, flux)
-    sd3 = active_sanitizer(4096, 2048, "sd3-clip-lg-t5xxl", chunk_length=0, max_tokens=154)
+    sd3 = active_sanitizer(4096, 2048, "sd3-clip-lg-t5xxl", chunk_length=0, max_tokens=77)
     flux_like = [[torch.randn(1, 256, 4096), {"pooled_output": torch.randn(1, 768)}]]
     with pytest.raises(ValueError, match=r"trained for SD3.*looks like Flux"):
         apply(nodes, flux_like, sd3)
+    # SD3 without T5 has SD3's shapes, but its rows fill only CLIP-L + CLIP-G's 2048 features.
+    sd3_no_t5_like = [[torch.randn(1, 154, 4096), {"pooled_output": torch.randn(1, 2048)}]]
+    sd3_no_t5_like[0][0][:, :, 2048:] = 0.0
+    with pytest.raises(ValueError, match=f"trained for {SD3}.*looks like {SD3_NO_T5}"):
+        apply(nodes, sd3_no_t5_like, sd3)
+    sd3_no_t5 = active_sanitizer(4096, 2048, "sd3-clip-lg")
+    with pytest.raises(ValueError, match=f"trained for {SD3_NO_T5}.*looks like {SD3}"):
+        apply(nodes, sd3_like, sd3_no_t5)
+    assert not torch.equal(apply(nodes, sd3_no_t5_like, sd3_no_t5)[0][0][0], sd3_no_t5_like[0][0])
     # With the CLIP connected, its class decides: an SD3 sanitizer is refused for an SD 1.x CLIP.
     cond = encode(clip_text_encode, sd1_clip, PROMPT)
     with pytest.raises(ValueError, match=r"trained for SD3.*looks like SD 1\.x"):
@@ -264,7 +275,8 @@ def test_sd3_clip_rows_then_t5_rows(with_t5, nodes, sd3_clip, sd3_clip_no_t5, cl
     clip = sd3_clip if with_t5 else sd3_clip_no_t5
     cond = encode(clip_text_encode, clip, PROMPT)
     assert cond[0][0].shape == (1, 154 if with_t5 else 77, 4096) and cond[0][1]["pooled_output"].shape == (1, 2048)
-    sanitizer = active_sanitizer(4096, 2048, "sd3-clip-lg-t5xxl", chunk_length=0, max_tokens=154)
+    family, chunks = ("sd3-clip-lg-t5xxl", 0) if with_t5 else ("sd3-clip-lg", 77)
+    sanitizer = active_sanitizer(4096, 2048, family, chunk_length=chunks, max_tokens=77)
     same, _, _ = apply(nodes, cond, sanitizer, intensity=0.0)
     assert torch.equal(same[0][0], cond[0][0])
     out, _, ui = apply(nodes, cond, sanitizer, threshold=0.5, clip=clip, text=PROMPT)
@@ -275,8 +287,15 @@ def test_sd3_clip_rows_then_t5_rows(with_t5, nodes, sd3_clip, sd3_clip_no_t5, cl
     flux = active_sanitizer(4096, 768, "flux-t5xxl-clip-l", chunk_length=0, max_tokens=256)
     with pytest.raises(ValueError, match=r"trained for Flux.*looks like SD3"):
         apply(nodes, cond, flux, clip=clip, text=PROMPT)
+    # Same shapes with and without T5: what the CLIP holds tells them apart.
+    other = active_sanitizer(4096, 2048, "sd3-clip-lg" if with_t5 else "sd3-clip-lg-t5xxl", chunk_length=0,
+                             max_tokens=77)
+    trained, found = (SD3_NO_T5, SD3) if with_t5 else (SD3, SD3_NO_T5)
+    for connected in ({"clip": clip, "text": PROMPT}, {}):          # or, without the CLIP, the rows' features
+        with pytest.raises(ValueError, match=f"trained for {trained}.*looks like {found}"):
+            apply(nodes, cond, other, **connected)
     if not with_t5:
-        assert check_batched_encoding(clip, True).family == "sd3-clip-lg-t5xxl"
+        assert check_batched_encoding(clip, True).family == "sd3-clip-lg"
 
 
 @pytest.mark.slow
