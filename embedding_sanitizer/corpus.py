@@ -271,8 +271,7 @@ class Example:
     concept: str
     unsafe: str
     anchor: str
-    term_start: int     # index of the term's first token among the prompt's tokens
-    term_length: int
+    term_span: tuple[int, int]     # unsafe[start:end] is the term (characters: every tokenizer finds it)
 
 
 def make_pairs(concept: Concept, count: int, seed: int, count_tokens, heldout: bool = False,
@@ -307,8 +306,8 @@ def make_pairs(concept: Concept, count: int, seed: int, count_tokens, heldout: b
             if count_tokens(marked.replace("\x00", term)) > room:
                 continue
         unsafe, anchor = marked.replace("\x00", term), marked.replace("\x00", anchor_phrase)
-        prefix = marked[: marked.index("\x00")]
-        examples.append(Example(concept.name, unsafe, anchor, count_tokens(prefix), count_tokens(term)))
+        start = marked.index("\x00")
+        examples.append(Example(concept.name, unsafe, anchor, (start, start + len(term))))
     return examples
 
 

@@ -63,6 +63,22 @@ class TextEncoder(Protocol):
     def token_ids(self, text: str) -> list[int]: ...
     def encode(self, prompts: Sequence[str]) -> EncodedBatch: ...
 
+    def span_positions(self, text: str, start: int, end: int) -> list[int]:
+        """The rows of encode([text]) that hold the tokens of text[start:end], in every tokenizer
+        the rows come from (SD3: CLIP, then T5); [] where a tokenizer does not split text there."""
+
+
+def token_span(whole: list[int], before: list[int], through: list[int]) -> Optional[range]:
+    """Which of a text's tokens (ids `whole`, specials excluded) spell its characters [start, end):
+    those after the tokens of text[:start] (`before`) up to the end of the tokens of text[:end]
+    (`through`). The last of them may reach past `end`, where the tokenizer joins the span's end
+    with what follows (CLIP reads 'vagin@,' as 'vagin', '@', ','). None when the tokenizer does not
+    start a token at `start` (`before` does not begin `whole`), or the span has no tokens."""
+    if len(through) <= len(before) or len(whole) < len(through) or whole[:len(before)] != before \
+            or whole[:len(through) - 1] != through[:-1]:
+        return None
+    return range(len(before), len(through))
+
 
 def pick_device(device: Optional[str] = None) -> torch.device:
     if device:
@@ -110,6 +126,11 @@ class MiniLMEncoder:
 
     def token_ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def span_positions(self, text: str, start: int, end: int) -> list[int]:
+        span = token_span(*(self.token_ids(t) for t in (text, text[:start], text[:end])))
+        # Tokens past the truncation (max_tokens with [CLS] and [SEP]) are not encoded.
+        return [self.leading_specials + i for i in span or () if self.leading_specials + i < self.max_tokens - 1]
 
     @torch.no_grad()
     def encode(self, prompts: Sequence[str]) -> EncodedBatch:
@@ -254,6 +275,10 @@ class CLIPEncoder:
 
     def token_ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def span_positions(self, text: str, start: int, end: int) -> list[int]:
+        span = token_span(*(self.token_ids(t) for t in (text, text[:start], text[:end])))
+        return [77 * (i // 75) + self.leading_specials + i % 75 for i in span or ()]     # the chunks of _chunks
 
     def _chunks(self, ids: list[int], pad: int) -> list[list[int]]:
         pieces = [ids[i:i + 75] for i in range(0, len(ids), 75)] or [[]]

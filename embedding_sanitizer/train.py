@@ -95,23 +95,26 @@ def encode_all(encoder: TextEncoder, prompts: Sequence[str], batch: int, label: 
     )
 
 
-def aligned(examples: list[Example], unsafe: Cache, anchor: Cache, leading: int) -> torch.Tensor:
-    """Keep pairs whose twins have equal length and differ only inside the term's tokens."""
+def aligned(spans: list[list[int]], unsafe: Cache, anchor: Cache) -> torch.Tensor:
+    """Keep pairs whose term was found (`spans`: its rows) and whose twins have the same real rows
+    and differ only in the term's rows. The two caches may be padded to different lengths."""
+    length = min(unsafe.token_ids.shape[1], anchor.token_ids.shape[1])
     keep = []
-    for i, ex in enumerate(examples):
-        span = slice(leading + ex.term_start, leading + ex.term_start + ex.term_length)
-        differs = unsafe.token_ids[i] != anchor.token_ids[i]
+    for i, span in enumerate(spans):
+        if not span or unsafe.attention[i, length:].any() or anchor.attention[i, length:].any():
+            keep.append(False)
+            continue
+        differs = unsafe.token_ids[i, :length] != anchor.token_ids[i, :length]
         differs[span] = False
-        keep.append(bool(unsafe.real[i].sum() == anchor.real[i].sum()) and not differs.any())
+        keep.append(torch.equal(unsafe.real[i, :length], anchor.real[i, :length]) and not differs.any())
     return torch.tensor(keep)
 
 
-def term_labels(examples: list[Example], concepts: list[str], cache: Cache, leading: int) -> torch.Tensor:
+def term_labels(examples: list[Example], spans: list[list[int]], concepts: list[str], cache: Cache) -> torch.Tensor:
     labels = torch.full((*cache.attention.shape, len(concepts)), UNKNOWN)
-    for i, ex in enumerate(examples):
-        start = leading + ex.term_start
-        labels[i, start:start + ex.term_length] = 0.0
-        labels[i, start:start + ex.term_length, concepts.index(ex.concept)] = 1.0
+    for i, (ex, span) in enumerate(zip(examples, spans)):
+        labels[i, span] = 0.0
+        labels[i, span, concepts.index(ex.concept)] = 1.0
     return labels
 
 
@@ -193,13 +196,15 @@ def train_sanitizer(encoder: TextEncoder, concepts: Sequence[Concept], config: T
     anchor = enc([e.anchor for e in corpus.pairs], "anchor prompts")
     benign = enc(corpus.benign, "benign prompts")
     weak = enc(corpus.weak, "real prompts") if corpus.weak else None
-    keep = aligned(corpus.pairs, unsafe, anchor, encoder.leading_specials)
+    spans = [encoder.span_positions(ex.unsafe, *ex.term_span) for ex in corpus.pairs]
+    keep = aligned(spans, unsafe, anchor)
     if keep.sum() < 16:
         raise ValueError(f"only {int(keep.sum())} usable unsafe/anchor pairs: add anchors whose token "
                          f"counts match the terms' (e.g. one-, two- and three-word anchors)")
     pairs = [ex for ex, k in zip(corpus.pairs, keep.tolist()) if k]
+    spans = [span for span, k in zip(spans, keep.tolist()) if k]
     unsafe, anchor = unsafe.select(keep), anchor.select(keep)
-    unsafe_labels = term_labels(pairs, names, unsafe, encoder.leading_specials)
+    unsafe_labels = term_labels(pairs, spans, names, unsafe)
     benign_target = benign_labels(benign, len(names))
     weak_target = torch.tensor(corpus.weak_labels) if weak is not None else None
 

@@ -17,7 +17,7 @@ import comfy.sd1_clip
 
 from embedding_sanitizer import families
 from embedding_sanitizer.conditioning import valid_rows
-from embedding_sanitizer.encoders import EncodedBatch, concat_batches
+from embedding_sanitizer.encoders import EncodedBatch, concat_batches, token_span
 
 CLIP_STREAMS = ("l", "g")
 HIDDEN_PIECE = "\u2423"     # a SentencePiece word start that stands alone ("▁"), shown as ␣
@@ -140,12 +140,33 @@ class ComfyTextEncoder:
         self.pooled_dim = read if pooled is not None and pooled.shape[-1] == read else 0
         self.chunk_length = known.chunk_length if known else 0
         self.max_tokens = self.chunk_length or rows
-        first = token_rows(clip, clip.tokenize("a", return_word_ids=True), rows, self._names)
-        self.leading_specials = first.real.index(True) if first and any(first.real) else 0
+        first_rows, _ = self._real_tokens("a")[0]
+        self.leading_specials = first_rows[0] if first_rows else 0
+
+    def _real_tokens(self, text: str) -> list[tuple[list[int], list[int]]]:
+        """Per row stream (SD3 with T5: CLIP, then T5): the rows of the prompt's own tokens, and their ids."""
+        tokens = self.clip.tokenize(text, return_word_ids=True)
+        streams, offset = [], 0
+        for stream in self.streams:
+            items = [item for section in tokens[stream] for item in section]
+            real = [(offset + row, item[0] if isinstance(item[0], int) else 0)
+                    for row, item in enumerate(items) if (item[2] if len(item) > 2 else 1) != 0]
+            streams.append(([row for row, _ in real], [token for _, token in real]))
+            offset += len(items)
+        return streams
 
     def token_ids(self, text: str) -> list[int]:
-        tokens = self.clip.tokenize(text, return_word_ids=True)
-        return [t[0] for section in tokens[self.streams[0]] for t in section if t[2] != 0]
+        return [token for _, ids in self._real_tokens(text) for token in ids]
+
+    def span_positions(self, text: str, start: int, end: int) -> list[int]:
+        positions = []
+        tokenized = (self._real_tokens(t) for t in (text, text[:start], text[:end]))
+        for (rows, ids), (_, before), (_, through) in zip(*tokenized):
+            span = token_span(ids, before, through)
+            if span is None:
+                return []
+            positions += [rows[i] for i in span]
+        return positions
 
     @torch.no_grad()
     def _encode(self, tokens: dict, capture: Optional[list] = None):

@@ -35,6 +35,22 @@ def test_sd1_clip_chunks_long_prompts():
     assert batch.tokens[1][1] == "castle" and batch.tokens[1][0] == ""
     # The short prompt's second chunk is an empty chunk, and its first chunk equals encoding it alone.
     assert torch.allclose(enc.encode(["a cat"]).embedding[0], batch.embedding[0, :77], atol=1e-4)
+    # A character span's rows follow the chunks: token 76 of 80 is row 1 of the second chunk.
+    long_term = long_prompt + " nude woman"
+    start = long_term.index("nude")
+    assert enc.span_positions(long_term, start, len(long_term)) == [77 + 1 + 5, 77 + 1 + 6]
+    assert enc.span_positions("a nude woman", 2, 6) == [2]
+    assert enc.span_positions("a nude woman", 3, 6) == []          # no token starts inside "nude"
+    assert enc.span_positions("a vagin@, 8k", 2, 8) == [2, 3, 4]    # "@," is read as "@" and ","
+
+
+def test_minilm_span_positions_follow_cls_and_truncation(minilm):
+    text = "a photo of a naked woman"
+    assert minilm.span_positions(text, text.index("naked"), len(text)) == [5, 6]
+    assert minilm.span_positions(text, text.index("naked") + 2, len(text)) == []
+    assert minilm.span_positions(text, text.index("naked"), text.index("naked") + 2) == [5]   # the token holding it
+    truncated = "word " * 200 + "naked"
+    assert minilm.span_positions(truncated, truncated.index("naked"), len(truncated)) == []
 
 
 def test_sdxl_concatenates_l_and_g_penultimate_and_pools_g():

@@ -4,7 +4,7 @@ import random
 import pytest
 import torch
 
-from embedding_sanitizer.encoders import clip_tokenizer
+from embedding_sanitizer.encoders import clip_tokenizer, token_span
 from embedding_sanitizer.corpus import make_pairs, misspell
 from embedding_sanitizer.lexicon import Concept, builtin_concepts, load_concepts_file
 from embedding_sanitizer.train import TrainConfig, train_sanitizer
@@ -30,7 +30,10 @@ def test_pairs_have_equal_token_counts_and_a_located_term(tokenizer, minilm):
         for ex in pairs:
             u, a = ids(ex.unsafe), ids(ex.anchor)
             assert len(u) == len(a), (ex.unsafe, ex.anchor)
-            outside = [i for i in range(len(u)) if not ex.term_start <= i < ex.term_start + ex.term_length]
+            start, end = ex.term_span
+            span = token_span(u, ids(ex.unsafe[:start]), ids(ex.unsafe[:end]))
+            assert span and ex.unsafe[start:end].strip() == ex.unsafe[start:end] != ""
+            outside = [i for i in range(len(u)) if i not in span]
             assert [u[i] for i in outside] == [a[i] for i in outside]
 
 

@@ -77,6 +77,7 @@ def test_comfy_encoder_family_and_batched_encoding(kind, family, pooled, sd1_cli
     assert (encoder.family, encoder.pooled_dim, encoder.chunk_length, encoder.leading_specials) == \
         (family, pooled, 77, 1)
     assert encoder.token_ids("a nude woman") == [320, 16630, 2308]
+    assert encoder.span_positions("a nude woman", 2, 12) == [2, 3]            # after the start token
 
 
 def test_prompts_of_one_layout_take_one_encoder_call(sd1_clip, monkeypatch):
@@ -245,6 +246,8 @@ def test_t5_base_through_the_stable_audio_loader(nodes, t5_base_clip, sd1_clip, 
     encoder = check_batched_encoding(t5_base_clip, False)
     assert (encoder.family, encoder.chunk_length, encoder.max_tokens, encoder.leading_specials) == \
         ("t5-base", 0, 128, 0)
+    text = "a nude woman"
+    assert [labels_for(t5_base_clip, text, 128)[0][p] for p in encoder.span_positions(text, 2, 6)] == ["nu", "de"]
 
 
 def test_flux_rows_and_pooled_are_sanitized_guidance_kept(nodes, flux_clip, clip_text_encode):

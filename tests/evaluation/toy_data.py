@@ -10,7 +10,7 @@ from typing import Sequence
 
 import torch
 
-from embedding_sanitizer.encoders import EncodedBatch
+from embedding_sanitizer.encoders import EncodedBatch, token_span
 
 I2P_COLUMNS = ["prompt", "categories", "hard", "inappropriate_percentage", "nudity_percentage"]
 
@@ -44,6 +44,10 @@ class ToyEncoder:
 
     def token_ids(self, text: str) -> list[int]:
         return [self._id(w) for w in text.split()]
+
+    def span_positions(self, text: str, start: int, end: int) -> list[int]:
+        span = token_span(*(self.token_ids(t) for t in (text, text[:start], text[:end])))
+        return [self.leading_specials + i for i in span or () if self.leading_specials + i < self.max_tokens - 1]
 
     def vector(self, token: str) -> torch.Tensor:
         h = int(hashlib.md5(f"{self.seed}:{token.lower()}".encode()).hexdigest()[:8], 16)
