@@ -27,6 +27,7 @@ class Family:
     webui_type: Optional[str] = None     # the A1111/Forge model type it serves
     comfy_image_models: tuple[str, ...] = ()   # ComfyUI image-model configs that read it (operator mode)
     comfy_parts: tuple[str, ...] = ()    # the sub-encoders the ComfyUI class must hold (SD3's are optional)
+    window: int = 0                      # whole-sequence families: rows read together (0: an empty prompt's rows)
     filled_width: int = 0                # features the rows fill, zeros after (SD3's CLIP rows); 0: not checked
 
 
@@ -37,8 +38,10 @@ FAMILIES: dict[str, Family] = {f.id: f for f in (
            ("SDXLClipModel",), "sdxl", ("SDXL",)),
     Family("sdxl-refiner-clip-g", "SDXL refiner / Stable Cascade (CLIP-G)", 1280, 1280, 77, 1280, (),
            ("SDXLRefinerClipModel", "StableCascadeClipModel")),
+    # SD3's rows are CLIP chunks of 77, then T5 rows: in windows of 77 each CLIP chunk is read alone at
+    # its own positions, as in the CLIP families, and the T5 rows start on a window boundary.
     Family("sd3-clip-lg-t5xxl", "SD3 / SD3.5 (CLIP-L + CLIP-G padded to 4096, then T5-XXL)", 4096, 2048, 0,
-           2048, (), ("SD3ClipModel",), comfy_parts=("clip_l", "clip_g", "t5xxl"), filled_width=4096),
+           2048, (), ("SD3ClipModel",), comfy_parts=("clip_l", "clip_g", "t5xxl"), window=77, filled_width=4096),
     Family("sd3-clip-lg", "SD3 / SD3.5 without T5 (CLIP-L + CLIP-G padded to 4096)", 4096, 2048, 77, 2048, (),
            ("SD3ClipModel",), comfy_parts=("clip_l", "clip_g"), filled_width=2048),
     Family("flux-t5xxl-clip-l", "Flux (T5-XXL rows, CLIP-L pooled)", 4096, 768, 0, 768, (),

@@ -113,7 +113,10 @@ class ComfyTextEncoder:
     Prompts are encoded many per call: ComfyUI encodes the sections of one call as a batch, so
     the sections of several prompts are given at once and the rows are cut apart again. The
     first call of each token layout is checked against encoding its first prompt alone; a
-    layout that does not match is encoded one prompt per call."""
+    layout that does not match is encoded one prompt per call.
+
+    A prompt's tokens are those of every tokenizer its rows come from, in row order (SD3 with T5:
+    CLIP's, then T5's), so a term is found, and labelled, in each."""
 
     def __init__(self, clip, on_encoded: Optional[Callable[[int], None]] = None):
         self.clip = clip
@@ -130,16 +133,11 @@ class ComfyTextEncoder:
             raise ValueError(f"Train Embedding Sanitizer: cannot match the rows of {self.name} to its "
                              f"tokenizers ({ {k: sum(map(len, v)) for k, v in probe.items()} } tokens, "
                              f"{rows} rows); this text encoder is not supported for training yet")
-        if len(self.streams) > 1:
-            raise ValueError(f"Train Embedding Sanitizer: {self.name} gives rows from two tokenizers "
-                             f"({' then '.join(self.streams)}); training on such a conditioning is not "
-                             f"supported yet. Load it without T5 (for SD3: DualCLIPLoader with clip_l and "
-                             f"clip_g, type sd3) to train.")
         known = families.get(self.family)
         read = known.pooled_dim if known else 0
         self.pooled_dim = read if pooled is not None and pooled.shape[-1] == read else 0
         self.chunk_length = known.chunk_length if known else 0
-        self.max_tokens = self.chunk_length or rows
+        self.max_tokens = self.chunk_length or (known.window if known else 0) or rows
         first_rows, _ = self._real_tokens("a")[0]
         self.leading_specials = first_rows[0] if first_rows else 0
 
@@ -211,10 +209,9 @@ class ComfyTextEncoder:
         merged = {k: [section for tokens in group for section in tokens[k]] for k in group[0]}
         captured: list = []
         cond, pooled = self._encode(merged, captured)
-        rows = cond.shape[1] // count
-        per_prompt = list(cond[0].reshape(count, rows, -1))
+        per_prompt = self._rows_per_prompt(cond[0], group[0], count)
         per_pooled = self._pooled_per_prompt(pooled, captured, count)
-        if self.pooled_dim and per_pooled is None:
+        if per_prompt is None or (self.pooled_dim and per_pooled is None):
             self._layouts[layout] = False
             return None
         if layout not in self._layouts:
@@ -226,6 +223,18 @@ class ComfyTextEncoder:
                 return None
         return [self._batch(tokens, per_prompt[i][None], per_pooled[i][None] if per_pooled is not None else None)
                 for i, tokens in enumerate(group)]
+
+    def _rows_per_prompt(self, cond: torch.Tensor, tokens: dict, count: int) -> Optional[list]:
+        """Each prompt's rows: a row stream gives the rows of every prompt in turn, then the next
+        stream follows (SD3: the CLIP rows of all prompts, then their T5 rows)."""
+        lengths = [sum(len(section) for section in tokens[stream]) for stream in self.streams]
+        if count * sum(lengths) != cond.shape[0]:
+            return None
+        parts, offset = [], 0
+        for length in lengths:
+            parts.append(cond[offset:offset + count * length].reshape(count, length, -1))
+            offset += count * length
+        return list(torch.cat(parts, dim=1))
 
     @staticmethod
     def _pooled_per_prompt(pooled, captured: list, count: int) -> Optional[list]:

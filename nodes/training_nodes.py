@@ -82,7 +82,7 @@ class EmbeddingSanitizerTrain:
         return {
             "required": {
                 "clip": ("CLIP", {"tooltip": "The text encoder of the checkpoint the sanitizer is for (SD 1.x, SDXL, "
-                                             "Flux, SD3 without T5, ...)."}),
+                                             "SD3, Flux, ...)."}),
                 "preset": (PRESETS, {"default": "nudity + violence",
                                      "tooltip": "Built-in concepts to erase; 'custom only' uses just your terms below."}),
                 "steps": ("INT", {"default": TrainConfig.steps, "min": 10, "max": 100000, "step": 10,

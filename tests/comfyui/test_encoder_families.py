@@ -48,7 +48,8 @@ def one_by_one(clip, prompts):
     return out
 
 
-def check_batched_encoding(clip, pooled_read: bool):
+def check_batched_encoding(clip, pooled_read: bool, streams: int = 1):
+    """`streams`: how many tokenizers the rows come from (SD3 with T5: CLIP, then T5)."""
     ComfyTextEncoder, _ = text_encoders()
     encoder = ComfyTextEncoder(clip)
     prompts = [PROMPT, "a quiet lake", WEIGHTED, LONG, "a red apple on a table", "a nude figure"]
@@ -64,7 +65,7 @@ def check_batched_encoding(clip, pooled_read: bool):
             torch.testing.assert_close(batch.pooled[i], pooled[0], atol=1e-4, rtol=1e-3)
     assert (batch.pooled is not None) == pooled_read
     assert "".join(t for t, r in zip(batch.tokens[0], batch.real_mask[0].tolist()) if r).replace("\u2423", "") \
-        == PROMPT.replace(" ", "")
+        == PROMPT.replace(" ", "") * streams
     return encoder
 
 
@@ -203,6 +204,16 @@ def sd3_clip(comfy_sd):
 
 
 @pytest.fixture(scope="module")
+def sd3_clip_to_train(comfy_sd):
+    """SD3 with CLIP-L and CLIP-G of two layers (SD3 reads the penultimate) and T5-XXL of one layer, narrowed
+    inside (its rows are 4096 wide, as the real ones), so the prompts of a training run encode in a minute."""
+    newer(comfy_sd)
+    from comfy.text_encoders import sd3_clip as sd3
+    return random_clip(comfy_sd, sd3.SD3Tokenizer, sd3.sd3_clip(clip_l=True, clip_g=True, t5=True),
+                       model_options={"t5xxl_model_config": {"num_layers": 1, "d_ff": 64, "num_heads": 1}})
+
+
+@pytest.fixture(scope="module")
 def sd3_clip_no_t5(comfy_sd):
     newer(comfy_sd)
     from comfy.text_encoders import sd3_clip as sd3
@@ -297,8 +308,64 @@ def test_sd3_clip_rows_then_t5_rows(with_t5, nodes, sd3_clip, sd3_clip_no_t5, cl
     for connected in ({"clip": clip, "text": PROMPT}, {}):          # or, without the CLIP, the rows' features
         with pytest.raises(ValueError, match=f"trained for {trained}.*looks like {found}"):
             apply(nodes, cond, other, **connected)
-    if not with_t5:
-        assert check_batched_encoding(clip, True).family == "sd3-clip-lg"
+    encoder = check_batched_encoding(clip, True, streams=2 if with_t5 else 1)
+    assert (encoder.family, encoder.chunk_length, encoder.max_tokens, encoder.pooled_dim) == (family, chunks, 77, 2048)
+    # A term is found in every stream: "nude woman" in CLIP's rows, and in T5's after them.
+    text = "a photo of a nude woman"
+    rows = encoder.span_positions(text, text.index("nude"), len(text))
+    tokens = encoder.encode([text]).tokens[0]
+    assert [tokens[r] for r in rows] == ["nude", "woman"] + (["nu", "de", "woman"] if with_t5 else [])
+    assert rows[:2] == [5, 6] and all(r >= 77 for r in rows[2:])
+    assert encoder.span_positions(text, text.index("nude") + 1, len(text)) == []     # not a token boundary
+
+
+@pytest.mark.slow
+def test_train_on_sd3_with_t5_in_comfyui_then_apply_and_refuse_others(nodes, sanitizers_dir, sd3_clip_to_train,
+                                                                      sd3_clip_no_t5, sd1_clip, clip_text_encode,
+                                                                      monkeypatch):
+    """The Train node on SD3's CLIP-L + CLIP-G + T5-XXL: a term is labelled in the CLIP rows and in the
+    T5 rows; the sanitizer applies to that conditioning and refuses SD3 without T5."""
+    import node_helpers
+    from embedding_sanitizer import train
+    from .test_training import run_train
+    labelled = []
+    term_labels = train.term_labels
+
+    def spy(examples, spans, concepts, cache):
+        labelled.extend(spans)
+        return term_labels(examples, spans, concepts, cache)
+    monkeypatch.setattr(train, "term_labels", spy)
+    clip = sd3_clip_to_train
+    out = run_train(nodes, clip, "trained-sd3", preset="nudity + violence", steps=2)
+    model, summary = out["result"]
+    assert (model.config.encoder_family, model.config.chunk_length, model.config.max_tokens,
+            model.config.pooled_dim) == ("sd3-clip-lg-t5xxl", 0, 77, 2048)
+    assert len(labelled) >= 16 and all(min(rows) < 77 <= max(rows) for rows in labelled)   # both streams
+    loaded = nodes["EmbeddingSanitizerLoader"]().load("trained-sd3.safetensors")[0]
+
+    cond = node_helpers.conditioning_set_values(encode(clip_text_encode, clip, PROMPT), {"end_percent": 0.8})
+    rows, pooled = cond[0][0], cond[0][1]["pooled_output"]
+    snap = snapshot(cond)
+    same, _, _ = apply(nodes, cond, loaded, intensity=0.0, clip=clip, text=PROMPT)
+    assert torch.equal(same[0][0], rows) and torch.equal(same[0][1]["pooled_output"], pooled)
+    # Two training steps flag no word in particular: a threshold that the highest-scoring CLIP row and
+    # T5 row reach, and other rows do not, checks that exactly the flagged rows of both streams change.
+    scores = loaded.sanitize(rows, pooled, threshold=0.0).gates[0]
+    threshold = float(min(scores[:77].max(), scores[77:].max()))
+    flagged = loaded.sanitize(rows, pooled, threshold=threshold).gates[0] > 0
+    assert flagged[:77].any() and flagged[77:].any() and not flagged.all()
+    out_cond, _, ui = apply(nodes, cond, loaded, intensity=1.0, threshold=threshold, clip=clip, text=PROMPT)
+    assert_unchanged(cond, snap)
+    assert torch.equal((out_cond[0][0][0] != rows[0]).any(dim=-1), flagged)
+    assert not torch.equal(out_cond[0][1]["pooled_output"], pooled)                 # SD3 reads the pooled vector
+    assert out_cond[0][1].keys() == cond[0][1].keys() | {"embedding_sanitizer"} and out_cond[0][1]["end_percent"] == 0.8
+    text = "".join(t["token"] for t in ui["token_scores"][0]["tokens"]).replace("\u2423", "")
+    assert text == PROMPT.replace(" ", "") * 2
+
+    with pytest.raises(ValueError, match=f"mismatch: this sanitizer was trained for {SD3}.*looks like {SD3_NO_T5}"):
+        nodes["EmbeddingSanitizerCLIPTextEncode"]().encode(sd3_clip_no_t5, PROMPT, loaded, 1.0)
+    with pytest.raises(ValueError, match=f"trained for {SD3}.*looks like SD 1\\.x"):
+        apply(nodes, encode(clip_text_encode, sd1_clip, PROMPT), loaded, clip=sd1_clip, text=PROMPT)
 
 
 @pytest.mark.slow
