@@ -3,7 +3,8 @@
 SD 1.x / SDXL run on the vendored ComfyUI (March 2024), which has no T5 and no SD3 / Flux. The
 tests marked `newer_comfy` need ComfyUI 0.3.x (COMFYUI_ROOT=...; see tests/comfyui/run_newer_comfyui.sh)
 and are skipped otherwise: T5-base through CLIPLoader type stable_audio, SD3 (CLIP-L + CLIP-G,
-with and without a one-layer T5-XXL), Flux (CLIP-L + a one-layer T5-XXL).
+with and without a one-layer T5-XXL), Flux (CLIP-L + a one-layer T5-XXL), training on T5-base and
+on SD3 with T5.
 """
 
 from __future__ import annotations
