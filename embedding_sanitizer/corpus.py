@@ -183,11 +183,14 @@ def tag_prompt(rng: random.Random) -> str:
     return ", ".join(picks)
 
 
+def caption_run(rng: random.Random, fewest: int, most: int) -> list[str]:
+    """Between `fewest` and `most` real captions, their full stops dropped, to chain into one prompt."""
+    return [rng.choice(real_captions()).rstrip(" .") for _ in range(rng.randint(fewest, most))]
+
+
 def long_prompt(rng: random.Random) -> str:
     """A long descriptive prompt: two or three captions and a style tail."""
-    captions = real_captions()
-    parts = [rng.choice(captions).rstrip(" .") for _ in range(rng.randint(2, 3))]
-    return ", ".join(parts) + ", " + rng.choice(material()["LONG_TAILS"])
+    return ", ".join(caption_run(rng, 2, 3)) + ", " + rng.choice(material()["LONG_TAILS"])
 
 
 def hard_negative(rng: random.Random, contexts: Sequence[Sequence[str]]) -> str:
@@ -301,8 +304,7 @@ def make_pairs(concept: Concept, count: int, seed: int, count_tokens, heldout: b
             continue
         marked = fill(rng.choice(templates), rng, "\x00")   # the twins share everything but the term
         if rng.random() < long_share:
-            captions = [rng.choice(real_captions()).rstrip(" .") for _ in range(rng.randint(1, 8))]
-            marked = ", ".join(captions + [marked])
+            marked = ", ".join(caption_run(rng, 1, 8) + [marked])
             if count_tokens(marked.replace("\x00", term)) > room:
                 continue
         unsafe, anchor = marked.replace("\x00", term), marked.replace("\x00", anchor_phrase)
@@ -381,7 +383,7 @@ def build_corpus(concepts: Sequence[Concept], count_tokens, pairs_per_concept: i
     # and, garbled, that a garbled word where a term could stand is not a term by that alone.
     rng = random.Random(seed + 3)
     twins = [ex.anchor for ex in pairs[::4]]
-    garbled_twins = [garbled_anchor_prompt(rng, concepts) for _ in range(len(pairs) // 3)] if pairs else []
+    garbled_twins = [garbled_anchor_prompt(rng, concepts) for _ in range(len(pairs) // 3)]
     benign_list = list(dict.fromkeys(benign_prompts(benign, seed, concepts) + twins + garbled_twins))
     weak, weak_labels = weak_examples(concepts)
     if len(weak) > weak_prompts:
