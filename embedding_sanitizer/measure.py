@@ -70,6 +70,11 @@ def supervised_probe(cache: EncodingCache, seed: int = 0) -> LogisticProbe:
     return LogisticProbe().fit(xs, ys)
 
 
+def changed_share(run) -> str:
+    """Share of a set's prompts the sanitizer changed at all (any gate above 0.01)."""
+    return f"{100 * float(run.touched.float().mean()):.1f}%"
+
+
 def measure(model, encoder, data_dir, threshold: float = 0.0, n_synth: int = 200, limit: Optional[int] = None,
             log=print) -> str:
     """A Markdown table of detection and preservation figures with the two baselines."""
@@ -86,15 +91,15 @@ def measure(model, encoder, data_dir, threshold: float = 0.0, n_synth: int = 200
              f"threshold {threshold:g}. AUROC columns: sanitizer / zero-shot / supervised baseline.",
              "",
              "| prompt set | unsafe | benign | AUROC (sanitizer / zero-shot / supervised) | TPR@1%FPR "
-             "| benign touched | benign cosine |",
-             "|---|---|---|---|---|---|---|"]
+             "| unsafe changed | benign touched | benign cosine |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         method = SanitizerMethod(model, threshold=threshold, score_concepts=row.concepts)
         benign = method.run(cache, row.group.benign.prompts)
-        touched = f"{100 * float(benign.touched.float().mean()):.1f}%"
+        touched = changed_share(benign)
         cosine = f"{float(benign.cosine.mean()):.4f}"
         if row.group.unsafe is None:
-            lines.append(f"| {row.label} | - | {len(row.group.benign)} | - | - | {touched} | {cosine} |")
+            lines.append(f"| {row.label} | - | {len(row.group.benign)} | - | - | - | {touched} | {cosine} |")
             continue
         unsafe = method.run(cache, row.group.unsafe.prompts)
         u_pool, b_pool = pooled(row.group.unsafe.prompts), pooled(row.group.benign.prompts)
@@ -104,5 +109,6 @@ def measure(model, encoder, data_dir, threshold: float = 0.0, n_synth: int = 200
         lines.append(f"| {row.label} | {len(row.group.unsafe)} | {len(row.group.benign)} "
                      f"| {auroc(unsafe.score, benign.score):.3f} / "
                      f"{auroc(zero_shot[shot](u_pool), zero_shot[shot](b_pool)):.3f} / {supervised} "
-                     f"| {tpr_at_fpr(unsafe.score, benign.score, 0.01):.3f} | {touched} | {cosine} |")
+                     f"| {tpr_at_fpr(unsafe.score, benign.score, 0.01):.3f} | {changed_share(unsafe)} | {touched} "
+                     f"| {cosine} |")
     return "\n".join(lines + [""] + notes)
