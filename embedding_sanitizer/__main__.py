@@ -74,17 +74,6 @@ def _check_text(text: str, what: str) -> None:
         raise CliError(f"{what} is not valid UTF-8 text") from None
 
 
-def _number(check):
-    """An argparse type: a float that passes validation (NaN and out-of-range are refused)."""
-    def parse(text):
-        try:
-            return check(float(text))
-        except (ValueError, OverflowError) as exc:
-            raise argparse.ArgumentTypeError(str(exc) if isinstance(exc, validation.InvalidValue)
-                                             else f"not a number: {text!r}") from None
-    return parse
-
-
 def cmd_score(args):
     from .report import colour_tokens, score_prompts
 
@@ -187,9 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompt", nargs="*", help="the prompt (omit to read --file or stdin, one per line)")
     p.add_argument("--file", help="read prompts from this file, one per line")
     p.add_argument("--json", action="store_true", help="one JSON object per prompt per line")
-    p.add_argument("--intensity", type=_number(validation.intensity), default=1.0,
+    p.add_argument("--intensity", type=validation.argument(validation.intensity), default=1.0,
                    help=f"0 (off) to {validation.MAX_INTENSITY:g}; 1 = as trained")
-    p.add_argument("--threshold", type=_number(validation.threshold), default=DEFAULT_THRESHOLD,
+    p.add_argument("--threshold", type=validation.argument(validation.threshold), default=DEFAULT_THRESHOLD,
                    help=f"0 to 1: tokens scoring below this are left untouched (default {DEFAULT_THRESHOLD:g})")
     p.add_argument("--concepts", help="comma-separated concepts to erase (default: all)")
     p.set_defaults(func=cmd_score)
@@ -212,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder with i2p_dev.csv and coco_captions_dev.csv (validation part is used)")
     p.add_argument("--n-synth", type=int, default=200, help="prompts per synthetic and adversarial set")
     p.add_argument("--limit", type=int, default=0, help="at most this many prompts per real set (0 = all)")
-    p.add_argument("--threshold", type=_number(validation.threshold), default=DEFAULT_THRESHOLD,
+    p.add_argument("--threshold", type=validation.argument(validation.threshold), default=DEFAULT_THRESHOLD,
                    help="score threshold to measure at")
     p.set_defaults(func=cmd_measure)
 

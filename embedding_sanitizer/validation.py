@@ -9,6 +9,7 @@ pass such a value on, and their messages say what was wrong and what is allowed.
 
 from __future__ import annotations
 
+import argparse
 import math
 import numbers
 from typing import Any, Iterable, Optional
@@ -45,6 +46,17 @@ def number(value: Any, name: str, low: float, high: float) -> float:
     if not math.isfinite(result) or not low <= result <= high:
         raise InvalidValue(f"{name} must be a number from {low:g} to {high:g}, got {_shown(value)}")
     return result
+
+
+def argument(check):
+    """An argparse type: a float that passes `check` (NaN and out-of-range are refused)."""
+    def parse(text):
+        try:
+            return check(float(text))
+        except (ValueError, OverflowError) as exc:
+            raise argparse.ArgumentTypeError(str(exc) if isinstance(exc, InvalidValue)
+                                             else f"not a number: {text!r}") from None
+    return parse
 
 
 def intensity(value: Any) -> float:

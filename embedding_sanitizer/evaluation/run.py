@@ -23,7 +23,9 @@ from typing import Optional
 import torch
 
 from ..corpus import is_training_part
+from ..model import DEFAULT_THRESHOLD
 from ..paths import default_data_dir
+from .. import validation
 from ..validation import MAX_INTENSITY
 from . import prompts as P
 from .cost import file_cost, measure_cost, measure_full_size
@@ -77,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra CSV with a 'prompt' column (repeatable; pair each with --label)")
     p.add_argument("--label", action="append", default=[], choices=("unsafe", "benign"),
                    help="label of the matching --prompts file")
+    p.add_argument("--threshold", type=validation.argument(validation.threshold), default=DEFAULT_THRESHOLD,
+                   help=f"tokens scoring under this are never changed (default {DEFAULT_THRESHOLD:g}, as in the "
+                        f"nodes and A1111; the targets are measured there)")
     p.add_argument("--intensities", default=",".join(f"{x:g}" for x in DEFAULT_INTENSITIES))
     p.add_argument("--sweep", default=None, help="comma-separated intensities for the trade-off sweep")
     p.add_argument("--safree-alpha", type=float, default=0.01, help="SAFREE trigger margin alpha (paper default 0.01)")
@@ -191,7 +196,7 @@ def run_evaluation(args, log=print, encoder=None) -> dict:
     probe, probe_sources = _train_probe(args, sizes, concepts, data_dir, cache, log)
     methods = Methods(KeywordFilter([t for c in concepts.values() for t in c.train_terms]),
                       SafreeProjection(encoder, list(concepts), alpha=args.safree_alpha),
-                      SanitizerMethod(model), _floats(args.intensities, DEFAULT_INTENSITIES))
+                      SanitizerMethod(model, threshold=args.threshold), _floats(args.intensities, DEFAULT_INTENSITIES))
 
     evaluation = Evaluation(cache, similarity, probe, log)
     results = _evaluate_groups(evaluation, groups, methods.runs, log)
@@ -335,7 +340,7 @@ def _report_data(args, encoder, model, weights_path, groups, real_info, skipped,
                               f"(case-insensitive, whole words) before encoding",
             "SAFREE-style projection": f"after arXiv 2410.12761: {len(methods.safree.phrases)} concept phrases, "
                                        f"subspace rank {methods.safree.basis.shape[1]}, alpha {args.safree_alpha:g}",
-            "sanitizer": "this project's sanitizer at intensities "
+            "sanitizer": f"this project's sanitizer, threshold {methods.sanitizer.threshold:g}, at intensities "
                          + ", ".join(f"{x:g}" for x in methods.intensities),
         },
         "runs": [m.label(s) for m, s in methods.runs],

@@ -93,6 +93,17 @@ def test_quick_run_on_the_embedded_default(tmp_path):
     assert data["encoder"]["family"] == "minilm"
     heldout = data["results"]["synthetic/heldout"]["sanitizer (intensity=1)"]
     assert heldout["detection"]["auroc"] > 0.5
+    # Measured at the nodes' default threshold, as users run it: everyday prompts keep their
+    # exact bits (at threshold 0 every token with any score would move a little).
+    assert "threshold 0.5" in data["methods"]["sanitizer"]
+    assert heldout["preservation"]["benign_unchanged_share"] > 0.9
+
+
+@pytest.mark.parametrize("value", ["nan", "1.5", "high"])
+def test_harness_refuses_a_bad_threshold(value, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--threshold", value, "--out", "unused"])
+    assert exit_.value.code == 2 and "threshold" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("sizes", [FULL, QUICK], ids=["full", "quick"])
