@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 import torch
 
 from ..metrics import TOUCHED_GATE, prompt_scores
+from ..model import DEFAULT_THRESHOLD
 
 # ---------------------------------------------------------------- encodings
 
@@ -359,7 +360,7 @@ class SanitizerMethod(Method):
     knob = "intensity"
     has_score = True
 
-    def __init__(self, model, intensity: float = 1.0, threshold: float = 0.0, batch_size: int = 64,
+    def __init__(self, model, intensity: float = 1.0, threshold: float = DEFAULT_THRESHOLD, batch_size: int = 64,
                  score_concepts=None):
         self.model = model
         self.intensity = intensity
