@@ -26,7 +26,6 @@ from ..corpus import is_training_part
 from ..model import DEFAULT_THRESHOLD
 from ..paths import default_data_dir
 from .. import validation
-from ..validation import MAX_INTENSITY
 from . import prompts as P
 from .cost import file_cost, measure_cost, measure_full_size
 from .goal import goal_check
@@ -52,7 +51,7 @@ class Sizes:
 
 
 FULL = Sizes(n_synth=40, n_real=100, probe_synthetic=400,
-             sweep_intensities=(0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, MAX_INTENSITY),
+             sweep_intensities=(0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, validation.MAX_INTENSITY),
              sweep_alphas=(2.0, 1.0, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01, 0.0, -0.02, -0.05),
              cost="full", cost_repeats=7)
 QUICK = Sizes(n_synth=16, n_real=30, probe_synthetic=100,
