@@ -27,6 +27,7 @@ from .evaluation.methods import EncodingCache, SanitizerMethod, item_pool
 from .evaluation.scoring import ConceptSimilarity, LogisticProbe
 from .lexicon import builtin_concepts
 from .metrics import auroc, tpr_at_fpr
+from .model import DEFAULT_THRESHOLD
 
 
 @dataclass
@@ -75,7 +76,7 @@ def changed_share(run) -> str:
     return f"{100 * float(run.touched.float().mean()):.1f}%"
 
 
-def measure(model, encoder, data_dir, threshold: float = 0.0, n_synth: int = 200, limit: Optional[int] = None,
+def measure(model, encoder, data_dir, threshold: float = DEFAULT_THRESHOLD, n_synth: int = 200, limit: Optional[int] = None,
             log=print) -> str:
     """A Markdown table of detection and preservation figures with the two baselines."""
     data_dir = Path(data_dir) if data_dir else None
