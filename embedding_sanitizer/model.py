@@ -25,6 +25,9 @@ from . import validation
 # token's gate follow its score, however small.
 DEFAULT_THRESHOLD = 0.5
 
+# A prior of this many logits per benign spread already decides a prompt on its own.
+MAX_PROMPT_PRIOR = 16.0
+
 
 class SanitizerShapeError(ValueError):
     """An input tensor does not fit the sanitizer (wrong D, pooled size or chunking)."""
@@ -42,6 +45,7 @@ class SanitizerConfig:
     heads: int = 4
     encoder_family: str = "custom"
     encoder_name: str = "unknown"
+    prompt_prior: float = 0.0           # weight of the prompt-level prior (logits per benign spread); 0 = none
 
     def __post_init__(self):
         object.__setattr__(self, "concepts", tuple(self.concepts))
@@ -56,6 +60,12 @@ class SanitizerConfig:
             problems.append("pooled_dim and chunk_length must be >= 0, max_tokens > 0")
         if self.width % self.heads:
             problems.append(f"width {self.width} is not divisible by heads {self.heads}")
+        prior = self.prompt_prior
+        if isinstance(prior, bool) or not isinstance(prior, (int, float)):
+            problems.append(f"prompt_prior must be a number, got {type(prior).__name__}")
+        elif not 0.0 <= prior <= MAX_PROMPT_PRIOR:     # NaN fails this too
+            shown = f"{prior:.6g}" if isinstance(prior, float) else "an integer out of range"
+            problems.append(f"prompt_prior must be from 0 to {MAX_PROMPT_PRIOR}, got {shown}")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -72,6 +82,12 @@ class SanitizeResult:
     scores: torch.Tensor               # (B, T, C) float32
     gates: torch.Tensor                # (B, T) float32
     concepts: tuple[str, ...] = field(default=())
+
+
+def mean_pool(embedding: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean over valid positions, (B, T, D) -> (B, D): a prompt's sentence vector."""
+    w = valid.to(embedding.dtype).unsqueeze(-1)
+    return (embedding * w).sum(1) / w.sum(1).clamp_min(1.0)
 
 
 def token_scores(scores: torch.Tensor, concept_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -99,6 +115,13 @@ class EmbeddingSanitizer(nn.Module):
         self.score_head = nn.Linear(d, len(config.concepts))
         # Start every token at a low score: an untrained sanitizer should gate nothing.
         nn.init.constant_(self.score_head.bias, -6.0)
+        if config.prompt_prior:
+            # The prompt-level prior (docs/method.md): the trainer sets each concept's direction
+            # and the benign corpus's centre and spread along it.
+            c = len(config.concepts)
+            self.register_buffer("prior_direction", torch.zeros(c, config.embed_dim))
+            self.register_buffer("prior_centre", torch.zeros(c))
+            self.register_buffer("prior_spread", torch.ones(c))
         self.sanitize_head = nn.Linear(d, config.embed_dim)
         nn.init.zeros_(self.sanitize_head.weight)
         nn.init.zeros_(self.sanitize_head.bias)
@@ -160,7 +183,10 @@ class EmbeddingSanitizer(nn.Module):
         empty = ~chunk_valid.any(dim=1, keepdim=True)
         h = self.backbone(h, src_key_padding_mask=~(chunk_valid | empty))
         h = self.output_norm(h).reshape(batch, tokens + padding, -1)[:, :tokens]
-        scores = torch.sigmoid(self.score_head(h))
+        logits = self.score_head(h)
+        if self.config.prompt_prior:
+            logits = logits + self.config.prompt_prior * self.prior(embedding.float(), valid).unsqueeze(1)
+        scores = torch.sigmoid(logits)
         delta = self.sanitize_head(h)
         pooled_delta = None
         if self.config.pooled_dim:
@@ -168,6 +194,13 @@ class EmbeddingSanitizer(nn.Module):
             weights = torch.softmax(logits, dim=1).nan_to_num(0.0)
             pooled_delta = self.pooled_head(torch.einsum("bt,btd->bd", weights, h))
         return scores, delta, pooled_delta
+
+    def prior(self, embedding: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """(B, C): how near each prompt's sentence vector lies to each concept, in benign spreads
+        from the benign centre. Word-level scores miss what a whole prompt implies ("a buxom
+        princess in a wet gown, by bouguereau"); this lends every token of it the prompt's lean."""
+        sentence = nn.functional.normalize(mean_pool(embedding, valid), dim=-1)
+        return (sentence @ self.prior_direction.T - self.prior_centre) / self.prior_spread
 
     @staticmethod
     def gates_from_scores(scores, concept_mask, intensity, threshold, attention_mask=None):

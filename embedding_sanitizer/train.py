@@ -27,10 +27,14 @@ from .corpus import UNKNOWN, Corpus, Example, build_corpus, heldout_sets
 from .encoders import EncodedBatch, TextEncoder, pick_device
 from .lexicon import Concept
 from .metrics import evaluate
-from .model import DEFAULT_THRESHOLD, EmbeddingSanitizer, SanitizerConfig
+from .model import DEFAULT_THRESHOLD, EmbeddingSanitizer, SanitizerConfig, mean_pool
 
 # Above this held-out benign touched share, the summary tells the user what to add.
 BENIGN_TOUCHED_WARNING = 0.02
+
+# How each train term is phrased to place its concept among sentence vectors: a bare word sits
+# apart from prompts, while "a photo of <term>" sits among them.
+PRIOR_PHRASE = "a photo of {}"
 
 
 @dataclass
@@ -51,6 +55,7 @@ class TrainConfig:
     score_weight: float = 1.0
     weak_weight: float = 2.0
     pooled_weight: float = 1.0
+    prompt_prior: float = 1.0          # weight of the prompt-level prior (model.py); 0 = none
     encode_batch: int = 64
     seed: int = 0
     device: Optional[str] = None
@@ -213,7 +218,10 @@ def train_sanitizer(encoder: TextEncoder, concepts: Sequence[Concept], config: T
         embed_dim=encoder.embed_dim, concepts=tuple(names), pooled_dim=encoder.pooled_dim,
         chunk_length=encoder.chunk_length, max_tokens=encoder.max_tokens, width=config.width,
         layers=config.layers, heads=config.heads, encoder_family=encoder.family,
-        encoder_name=encoder.name)).to(device)
+        encoder_name=encoder.name, prompt_prior=config.prompt_prior)).to(device)
+    if config.prompt_prior:
+        set_prompt_prior(model, [enc([PRIOR_PHRASE.format(t) for t in c.train_terms], f"{c.name} terms")
+                                 for c in concepts], benign)
     losses = fit(model, config, device, unsafe, anchor, unsafe_labels, benign, benign_target, weak, weak_target,
                  encoder.family, progress)
 
@@ -228,7 +236,8 @@ def train_sanitizer(encoder: TextEncoder, concepts: Sequence[Concept], config: T
                               "anchors": len(c.anchors), "safe_contexts": len(c.safe_contexts)}
                      for c in concepts},
         "data": {"unsafe_pairs": len(pairs), "benign": len(corpus.benign), "weak": len(corpus.weak),
-                 "encoded_prompts": 2 * len(corpus.pairs) + len(corpus.benign) + len(corpus.weak),
+                 "encoded_prompts": 2 * len(corpus.pairs) + len(corpus.benign) + len(corpus.weak)
+                 + (sum(len(c.train_terms) for c in concepts) if config.prompt_prior else 0),
                  "heldout_unsafe": len(heldout_unsafe), "heldout_benign": len(heldout_benign)},
         "config": {k: v for k, v in asdict(config).items() if k != "device"},
         "steps": config.steps,
@@ -239,6 +248,22 @@ def train_sanitizer(encoder: TextEncoder, concepts: Sequence[Concept], config: T
         "device": str(device),
     }
     return model.cpu(), summary
+
+
+@torch.no_grad()
+def set_prompt_prior(model: EmbeddingSanitizer, concept_terms: Sequence[Cache], benign: Cache) -> None:
+    """A concept's direction is the mean sentence vector of its phrased train terms (a user's
+    concept gets one from its own words); the benign corpus sets the centre and spread along
+    it, so the prior reads in benign spreads."""
+    device = model.prior_direction.device
+    sentences = [F.normalize(mean_pool(c.embedding.float(), c.attention), dim=-1).mean(0) for c in concept_terms]
+    model.prior_direction.copy_(torch.stack(sentences).to(device))
+    model.prior_centre.zero_()
+    model.prior_spread.fill_(1.0)
+    lean = torch.cat([model.prior(benign.embedding[i:i + 512].float().to(device), benign.attention[i:i + 512].to(device))
+                      for i in range(0, len(benign.embedding), 512)])
+    model.prior_centre.copy_(lean.mean(0))
+    model.prior_spread.copy_(lean.std(0).clamp_min(1e-6))
 
 
 def fit(model, config: TrainConfig, device, unsafe: Cache, anchor: Cache, unsafe_labels, benign: Cache,

@@ -102,7 +102,9 @@ def load_sanitizer(path: Union[str, Path], device: Union[str, torch.device] = "c
     try:
         config = SanitizerConfig(**{k: meta[k] for k in (
             "embed_dim", "concepts", "pooled_dim", "chunk_length", "max_tokens", "width", "layers",
-            "heads", "encoder_family", "encoder_name")})
+            "heads", "encoder_family", "encoder_name")},
+            # Files written before the prior existed have none: weight 0, as they were trained.
+            prompt_prior=meta.get("prompt_prior", 0.0))
         with torch.device("meta"):       # shapes only, no memory
             expected = {k: tuple(v.shape) for k, v in EmbeddingSanitizer(config).state_dict().items()}
     except ValueError as exc:

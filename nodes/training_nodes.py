@@ -25,11 +25,12 @@ PRESETS = ["nudity + violence", "nudity", "violence", "custom only"]
 
 def expected_prompts(config: TrainConfig, concepts: list[Concept]) -> tuple[int, int]:
     """About how many prompts train_sanitizer encodes before training (unsafe/anchor twins, benign
-    prompts plus a quarter of the anchors, real prompts with prompt-level labels) and after it
-    (held-out prompts)."""
+    prompts plus a quarter of the anchors, real prompts with prompt-level labels, the terms that
+    place the prompt-level prior) and after it (held-out prompts)."""
     pairs = config.pairs_per_concept * len(concepts)
     weak = min(len(weak_examples(concepts)[0]), config.weak_prompts)
-    return (2 * pairs + config.benign + pairs // 4 + weak,
+    prior = sum(len(c.train_terms) for c in concepts) if config.prompt_prior else 0
+    return (2 * pairs + config.benign + pairs // 4 + weak + prior,
             config.heldout_pairs_per_concept * len(concepts) + config.heldout_benign)
 
 

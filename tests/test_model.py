@@ -154,3 +154,33 @@ def test_pooled_passes_through_when_the_sanitizer_has_no_pooled_head():
     out = model.sanitize(torch.randn(1, 4, 32), p)
     assert torch.equal(out.pooled, p) and out.pooled is not p
     assert model.sanitize(torch.randn(1, 4, 32)).pooled is None
+
+
+def test_the_prompt_prior_shifts_every_token_of_a_leaning_prompt_and_only_by_its_lean():
+    model = make(prompt_prior=2.0)
+    fix_scores(model, 0.1, 0.1)
+    direction = torch.zeros(32)
+    direction[0] = 1.0
+    with torch.no_grad():
+        model.prior_direction[0] = direction             # nudity leans along feature 0
+        model.prior_spread.fill_(0.25)
+    leaning = torch.randn(1, 6, 32) * 0.1 + direction * 3
+    plain = torch.randn(1, 6, 32) * 0.1
+    plain[..., 0] = 0.0
+    logit = lambda s: torch.log(s / (1 - s))      # noqa: E731
+    lean = model.prior(leaning, torch.ones(1, 6, dtype=torch.bool))[0]
+    scores = model.sanitize(leaning).scores[0]
+    # Every token of the leaning prompt moves by prompt_prior * lean; violence and the plain prompt do not.
+    assert lean[0] > 3.5 and lean[1] == 0
+    assert torch.allclose(logit(scores[:, 0]), torch.full((6,), math.log(1 / 9)) + 2.0 * lean[0], atol=1e-4)
+    assert torch.allclose(scores[:, 1], torch.full((6,), 0.1), atol=1e-6)
+    assert torch.allclose(model.sanitize(plain).scores, torch.full((1, 6, 2), 0.1), atol=1e-6)
+    # Padding does not count towards the prompt's lean.
+    padded = torch.cat([leaning, plain], dim=1)
+    mask = torch.tensor([[True] * 6 + [False] * 6])
+    assert torch.allclose(model.prior(padded, mask)[0], lean, atol=1e-5)
+
+
+def test_without_a_prompt_prior_there_is_nothing_to_set():
+    assert not hasattr(make(), "prior_direction")
+    assert {"prior_direction", "prior_centre", "prior_spread"} <= set(make(prompt_prior=1.0).state_dict())

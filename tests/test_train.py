@@ -74,6 +74,10 @@ def test_training_is_deterministic_learns_and_reports(minilm):
     batch = minilm.encode(["a naked woman on a beach", "a woman on a beach"])
     scores = model_a.sanitize(batch.embedding, attention_mask=batch.attention_mask).scores
     assert scores[0].max() > scores[1].max()
+    # The prompt-level prior reads in benign spreads: the nude prompt leans towards nudity, the
+    # plain one sits within a spread of the benign centre.
+    lean = model_a.prior(batch.embedding, batch.attention_mask)[:, 0]
+    assert model_a.config.prompt_prior == 1.0 and lean[0] > lean[1] + 1 and abs(lean[1]) < 1.5
 
 
 def test_progress_callback_can_stop_training(minilm):

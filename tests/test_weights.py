@@ -125,6 +125,17 @@ def test_missing_metadata_and_nonfinite_tensors(tmp_path, model):
         load_sanitizer(path)
 
 
+def test_files_from_before_the_prior_load_without_one(tmp_path, model):
+    path = save_sanitizer(model, tmp_path / "old.safetensors", SUMMARY)
+    meta = read_metadata(path)
+    del meta["prompt_prior"]
+    from safetensors.torch import load_file
+    write_raw(path, load_file(str(path)), json.dumps(meta))
+    loaded = load_sanitizer(path)
+    e = torch.randn(1, 77, 24)
+    assert loaded.config.prompt_prior == 0.0 and torch.equal(loaded(e)[0], model(e)[0])
+
+
 def test_embedded_default_is_valid_and_meets_its_targets():
     meta = read_metadata(default_weights_path())
     assert meta["encoder_family"] == "minilm" and meta["embed_dim"] == 384
@@ -154,6 +165,11 @@ def write_raw(path, tensors, metadata_text):
     ({"concepts": [f"c{i}" for i in range(65)]}, "1 to 64"),
     ({"layers": 64, "width": 8192, "heads": 8}, "tensors do not match"),   # in bounds: still nothing built
     ({"format_version": 10 ** 400}, "format version"),
+    ({"prompt_prior": "1"}, "prompt_prior must be a number, got str"),
+    ({"prompt_prior": 1e9}, "prompt_prior must be from 0 to 16.0, got 1e\\+09"),
+    ({"prompt_prior": -1}, "prompt_prior must be from 0"),
+    ({"prompt_prior": 10 ** 400}, "prompt_prior must be from 0 to 16.0, got an integer out of range"),
+    ({"prompt_prior": 1.0}, "tensors do not match"),       # a prior needs its three tensors
 ])
 def test_hostile_metadata_is_one_line_error_naming_the_file(tmp_path, model, changes, message):
     path = save_sanitizer(model, tmp_path / "hostile.safetensors", SUMMARY)

@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 import torch
 
 from ..metrics import TOUCHED_GATE, prompt_scores
-from ..model import DEFAULT_THRESHOLD
+from ..model import DEFAULT_THRESHOLD, mean_pool
 
 # ---------------------------------------------------------------- encodings
 
@@ -101,12 +101,6 @@ def collate(items: Sequence[Item], multiple: int = 0):
     if items[0].pooled is not None:
         pooled = torch.stack([it.pooled for it in items])
     return emb, att, real, pooled
-
-
-def mean_pool(embedding: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
-    """Mean over valid positions, (B, T, D) -> (B, D); the sentence vector used throughout."""
-    w = attention.to(embedding.dtype).unsqueeze(-1)
-    return (embedding * w).sum(1) / w.sum(1).clamp_min(1.0)
 
 
 def item_pool(it: Item) -> torch.Tensor:
