@@ -171,6 +171,7 @@ class EmbeddingSanitizer(nn.Module):
         x = embedding.float()
         valid = (torch.ones(batch, tokens, dtype=torch.bool, device=x.device)
                  if attention_mask is None else attention_mask.to(x.device, torch.bool))
+        lean = self.prior(x, valid) if self.config.prompt_prior else None
         # CLIP families: independent 77-token chunks. Whole-sequence families (T5, LLMs): a sequence
         # longer than the position table is read in windows of max_tokens, the last one padded.
         span = self.config.chunk_length or min(tokens, self.config.max_tokens)
@@ -184,8 +185,8 @@ class EmbeddingSanitizer(nn.Module):
         h = self.backbone(h, src_key_padding_mask=~(chunk_valid | empty))
         h = self.output_norm(h).reshape(batch, tokens + padding, -1)[:, :tokens]
         logits = self.score_head(h)
-        if self.config.prompt_prior:
-            logits = logits + self.config.prompt_prior * self.prior(embedding.float(), valid).unsqueeze(1)
+        if lean is not None:
+            logits = logits + self.config.prompt_prior * lean.unsqueeze(1)
         scores = torch.sigmoid(logits)
         delta = self.sanitize_head(h)
         pooled_delta = None

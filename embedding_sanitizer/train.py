@@ -32,9 +32,6 @@ from .model import DEFAULT_THRESHOLD, EmbeddingSanitizer, SanitizerConfig, mean_
 # Above this held-out benign touched share, the summary tells the user what to add.
 BENIGN_TOUCHED_WARNING = 0.02
 
-# How each train term is phrased to place its concept among sentence vectors: a bare word sits
-# apart from prompts, while "a photo of <term>" sits among them.
-PRIOR_PHRASE = "a photo of {}"
 
 
 @dataclass
@@ -220,8 +217,7 @@ def train_sanitizer(encoder: TextEncoder, concepts: Sequence[Concept], config: T
         layers=config.layers, heads=config.heads, encoder_family=encoder.family,
         encoder_name=encoder.name, prompt_prior=config.prompt_prior)).to(device)
     if config.prompt_prior:
-        set_prompt_prior(model, [enc([PRIOR_PHRASE.format(t) for t in c.train_terms], f"{c.name} terms")
-                                 for c in concepts], benign)
+        set_prompt_prior(model, [enc(prior_prompts(c), f"{c.name} terms") for c in concepts], benign)
     losses = fit(model, config, device, unsafe, anchor, unsafe_labels, benign, benign_target, weak, weak_target,
                  encoder.family, progress)
 
@@ -237,7 +233,7 @@ def train_sanitizer(encoder: TextEncoder, concepts: Sequence[Concept], config: T
                      for c in concepts},
         "data": {"unsafe_pairs": len(pairs), "benign": len(corpus.benign), "weak": len(corpus.weak),
                  "encoded_prompts": 2 * len(corpus.pairs) + len(corpus.benign) + len(corpus.weak)
-                 + (sum(len(c.train_terms) for c in concepts) if config.prompt_prior else 0),
+                 + (sum(len(prior_prompts(c)) for c in concepts) if config.prompt_prior else 0),
                  "heldout_unsafe": len(heldout_unsafe), "heldout_benign": len(heldout_benign)},
         "config": {k: v for k, v in asdict(config).items() if k != "device"},
         "steps": config.steps,
@@ -248,6 +244,12 @@ def train_sanitizer(encoder: TextEncoder, concepts: Sequence[Concept], config: T
         "device": str(device),
     }
     return model.cpu(), summary
+
+
+def prior_prompts(concept: Concept) -> list[str]:
+    """The prompts that place a concept among sentence vectors: its train terms, phrased "a photo
+    of <term>", since a bare word sits apart from prompts."""
+    return [f"a photo of {term}" for term in concept.train_terms]
 
 
 @torch.no_grad()
