@@ -90,6 +90,11 @@ def mean_pool(embedding: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return (embedding * w).sum(1) / w.sum(1).clamp_min(1.0)
 
 
+def sentence_vector(embedding: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The unit-length mean over valid positions: where the prompt-level prior places a prompt."""
+    return nn.functional.normalize(mean_pool(embedding, valid), dim=-1)
+
+
 def token_scores(scores: torch.Tensor, concept_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """s_t: a token's score, the largest over the enabled concepts. (B, T, C) -> (B, T)."""
     if concept_mask is not None:
@@ -200,8 +205,7 @@ class EmbeddingSanitizer(nn.Module):
         """(B, C): how near each prompt's sentence vector lies to each concept, in benign spreads
         from the benign centre. Word-level scores miss what a whole prompt implies ("a buxom
         princess in a wet gown, by bouguereau"); this lends every token of it the prompt's lean."""
-        sentence = nn.functional.normalize(mean_pool(embedding, valid), dim=-1)
-        return (sentence @ self.prior_direction.T - self.prior_centre) / self.prior_spread
+        return (sentence_vector(embedding, valid) @ self.prior_direction.T - self.prior_centre) / self.prior_spread
 
     @staticmethod
     def gates_from_scores(scores, concept_mask, intensity, threshold, attention_mask=None):

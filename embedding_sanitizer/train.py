@@ -27,7 +27,7 @@ from .corpus import UNKNOWN, Corpus, Example, build_corpus, heldout_sets
 from .encoders import EncodedBatch, TextEncoder, pick_device
 from .lexicon import Concept
 from .metrics import evaluate
-from .model import DEFAULT_THRESHOLD, EmbeddingSanitizer, SanitizerConfig, mean_pool
+from .model import DEFAULT_THRESHOLD, EmbeddingSanitizer, SanitizerConfig, sentence_vector
 
 # Above this held-out benign touched share, the summary tells the user what to add.
 BENIGN_TOUCHED_WARNING = 0.02
@@ -258,7 +258,7 @@ def set_prompt_prior(model: EmbeddingSanitizer, concept_terms: Sequence[Cache], 
     concept gets one from its own words); the benign corpus sets the centre and spread along
     it, so the prior reads in benign spreads."""
     device = model.prior_direction.device
-    sentences = [F.normalize(mean_pool(c.embedding.float(), c.attention), dim=-1).mean(0) for c in concept_terms]
+    sentences = [sentence_vector(c.embedding.float(), c.attention).mean(0) for c in concept_terms]
     model.prior_direction.copy_(torch.stack(sentences).to(device))
     model.prior_centre.zero_()
     model.prior_spread.fill_(1.0)
