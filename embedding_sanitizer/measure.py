@@ -24,10 +24,11 @@ import torch
 from . import corpus
 from .evaluation import prompts as P
 from .evaluation.methods import EncodingCache, SanitizerMethod, item_pool
-from .evaluation.scoring import ConceptSimilarity, LogisticProbe
+from .evaluation.scoring import ConceptSimilarity
 from .lexicon import builtin_concepts
 from .metrics import auroc, tpr_at_fpr
 from .model import DEFAULT_THRESHOLD
+from .probe import LogisticProbe
 
 
 @dataclass

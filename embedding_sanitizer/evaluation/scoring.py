@@ -22,6 +22,7 @@ from typing import Optional, Sequence
 import torch
 
 from ..metrics import auroc, tpr_at_fpr   # the project's shared implementations
+from ..probe import LogisticProbe
 from .methods import Summary, encode_items, item_pool
 
 __all__ = ["ConceptSimilarity", "LogisticProbe", "group_metrics", "percentile", "roc_curve"]
@@ -64,48 +65,6 @@ class ConceptSimilarity:
         p = torch.nn.functional.normalize(pooled.float(), dim=-1)
         per_concept = torch.stack([(p @ v.T).mean(dim=1) for v in self.vectors.values()], dim=1)
         return per_concept.amax(dim=1)
-
-
-class LogisticProbe:
-    """L2-regularised logistic regression in torch (full-batch L-BFGS), on standardised
-    features, classes weighted to balance. Threshold 0.5."""
-
-    def __init__(self, weight_decay: float = 1e-2, steps: int = 200):
-        self.weight_decay = weight_decay
-        self.steps = steps
-
-    def fit(self, x: torch.Tensor, y: torch.Tensor) -> "LogisticProbe":
-        x = x.double()
-        y = y.double()
-        self.mean = x.mean(0)
-        self.std = x.std(0).clamp_min(1e-6)
-        z = (x - self.mean) / self.std
-        w = torch.zeros(z.shape[1], dtype=torch.float64, requires_grad=True)
-        b = torch.zeros(1, dtype=torch.float64, requires_grad=True)
-        pos = y.mean().clamp(1e-6, 1 - 1e-6)
-        sample_w = torch.where(y > 0.5, 0.5 / pos, 0.5 / (1 - pos))
-        opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=self.steps, line_search_fn="strong_wolfe")
-
-        def closure():
-            opt.zero_grad()
-            logits = z @ w + b
-            loss = (torch.nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none")
-                    * sample_w).mean() + self.weight_decay * (w * w).sum() / 2
-            loss.backward()
-            return loss
-
-        opt.step(closure)
-        self.w, self.b = w.detach(), b.detach()
-        train_pred = self.predict(x.float())
-        self.train_accuracy = float((train_pred == (y > 0.5)).double().mean())
-        return self
-
-    def proba(self, x: torch.Tensor) -> torch.Tensor:
-        z = (x.double() - self.mean) / self.std
-        return torch.sigmoid(z @ self.w + self.b).float()
-
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proba(x) >= 0.5
 
 
 def _mean(x) -> float:

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from embedding_sanitizer.evaluation.scoring import LogisticProbe, percentile, roc_curve
+from embedding_sanitizer.evaluation.scoring import percentile, roc_curve
+from embedding_sanitizer.probe import LogisticProbe
 from embedding_sanitizer.metrics import auroc, tpr_at_fpr
 
 
@@ -52,3 +53,15 @@ def test_probe_learns_a_direction_and_flips_when_it_is_removed():
     assert probe.predict(unsafe).float().mean() > 0.85
     erased = unsafe - 3 * direction / direction.norm()
     assert probe.predict(erased).float().mean() < 0.3
+
+
+def test_probe_weights_and_direction():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(300, 6, generator=g) * torch.arange(1.0, 7.0)
+    y = (x[:, 2] > 0.5).float()
+    probe = LogisticProbe().fit(x, y)
+    direction, offset = probe.as_direction()
+    assert torch.allclose(x.double() @ direction - offset, probe.logit(x), atol=1e-9)
+    # Weighing the positives away moves the boundary: fewer prompts are called positive.
+    light = LogisticProbe().fit(x, y, torch.where(y > 0.5, 0.05, 1.0))
+    assert light.predict(x).sum() < probe.predict(x).sum()
