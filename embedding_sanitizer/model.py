@@ -25,8 +25,9 @@ from . import validation
 # token's gate follow its score, however small.
 DEFAULT_THRESHOLD = 0.5
 
-# A prior of this many logits per benign spread already decides a prompt on its own.
-MAX_PROMPT_PRIOR = 16.0
+# A prompt-level weight this large (logits per benign spread, or times the probe's logit)
+# already decides a prompt on its own.
+MAX_PROMPT_WEIGHT = 16.0
 
 
 class SanitizerShapeError(ValueError):
@@ -46,6 +47,7 @@ class SanitizerConfig:
     encoder_family: str = "custom"
     encoder_name: str = "unknown"
     prompt_prior: float = 0.0           # weight of the prompt-level prior (logits per benign spread); 0 = none
+    prompt_probe: float = 0.0           # weight of the prompt-level probe's logit; 0 = none
 
     def __post_init__(self):
         object.__setattr__(self, "concepts", tuple(self.concepts))
@@ -60,12 +62,13 @@ class SanitizerConfig:
             problems.append("pooled_dim and chunk_length must be >= 0, max_tokens > 0")
         if self.width % self.heads:
             problems.append(f"width {self.width} is not divisible by heads {self.heads}")
-        prior = self.prompt_prior
-        if isinstance(prior, bool) or not isinstance(prior, (int, float)):
-            problems.append(f"prompt_prior must be a number, got {type(prior).__name__}")
-        elif not 0.0 <= prior <= MAX_PROMPT_PRIOR:     # NaN fails this too
-            shown = f"{prior:.6g}" if isinstance(prior, float) else "an integer out of range"
-            problems.append(f"prompt_prior must be from 0 to {MAX_PROMPT_PRIOR}, got {shown}")
+        for name in ("prompt_prior", "prompt_probe"):
+            weight = getattr(self, name)
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+                problems.append(f"{name} must be a number, got {type(weight).__name__}")
+            elif not 0.0 <= weight <= MAX_PROMPT_WEIGHT:     # NaN fails this too
+                shown = f"{weight:.6g}" if isinstance(weight, float) else "an integer out of range"
+                problems.append(f"{name} must be from 0 to {MAX_PROMPT_WEIGHT}, got {shown}")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -127,6 +130,12 @@ class EmbeddingSanitizer(nn.Module):
             self.register_buffer("prior_direction", torch.zeros(c, config.embed_dim))
             self.register_buffer("prior_centre", torch.zeros(c))
             self.register_buffer("prior_spread", torch.ones(c))
+        if config.prompt_probe:
+            # A logistic probe on the same sentence vector, fitted once the network has trained
+            # (train.set_prompt_probe); until then it reads 0.
+            c = len(config.concepts)
+            self.register_buffer("probe_direction", torch.zeros(c, config.embed_dim))
+            self.register_buffer("probe_offset", torch.zeros(c))
         self.sanitize_head = nn.Linear(d, config.embed_dim)
         nn.init.zeros_(self.sanitize_head.weight)
         nn.init.zeros_(self.sanitize_head.bias)
@@ -176,7 +185,7 @@ class EmbeddingSanitizer(nn.Module):
         x = embedding.float()
         valid = (torch.ones(batch, tokens, dtype=torch.bool, device=x.device)
                  if attention_mask is None else attention_mask.to(x.device, torch.bool))
-        lean = self.prior(x, valid) if self.config.prompt_prior else None
+        lean = self.prompt_lean(x, valid)
         # CLIP families: independent 77-token chunks. Whole-sequence families (T5, LLMs): a sequence
         # longer than the position table is read in windows of max_tokens, the last one padded.
         span = self.config.chunk_length or min(tokens, self.config.max_tokens)
@@ -191,7 +200,7 @@ class EmbeddingSanitizer(nn.Module):
         h = self.output_norm(h).reshape(batch, tokens + padding, -1)[:, :tokens]
         logits = self.score_head(h)
         if lean is not None:
-            logits = logits + self.config.prompt_prior * lean.unsqueeze(1)
+            logits = logits + lean.unsqueeze(1)
         scores = torch.sigmoid(logits)
         delta = self.sanitize_head(h)
         pooled_delta = None
@@ -201,11 +210,27 @@ class EmbeddingSanitizer(nn.Module):
             pooled_delta = self.pooled_head(torch.einsum("bt,btd->bd", weights, h))
         return scores, delta, pooled_delta
 
+    def prompt_lean(self, embedding: torch.Tensor, valid: torch.Tensor) -> Optional[torch.Tensor]:
+        """(B, C) added to every token's logit: the weighted prior and probe, or None without them."""
+        cfg, lean = self.config, None
+        if cfg.prompt_prior:
+            lean = cfg.prompt_prior * self.prior(embedding, valid)
+        if cfg.prompt_probe:
+            probe = cfg.prompt_probe * self.probe(embedding, valid)
+            lean = probe if lean is None else lean + probe
+        return lean
+
     def prior(self, embedding: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """(B, C): how near each prompt's sentence vector lies to each concept, in benign spreads
         from the benign centre. Word-level scores miss what a whole prompt implies ("a buxom
         princess in a wet gown, by bouguereau"); this lends every token of it the prompt's lean."""
         return (sentence_vector(embedding, valid) @ self.prior_direction.T - self.prior_centre) / self.prior_spread
+
+    def probe(self, embedding: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """(B, C): each concept's logit for the whole prompt, from a probe trained on prompt-level
+        labels. Real implicit prompts ("a couple making love in a hotel room") sit far from the
+        terms' phrasing, and the probe learns them where the corpus has labelled ones."""
+        return sentence_vector(embedding, valid) @ self.probe_direction.T - self.probe_offset
 
     @staticmethod
     def gates_from_scores(scores, concept_mask, intensity, threshold, attention_mask=None):

@@ -28,6 +28,7 @@ from .encoders import EncodedBatch, TextEncoder, pick_device
 from .lexicon import Concept
 from .metrics import evaluate
 from .model import DEFAULT_THRESHOLD, EmbeddingSanitizer, SanitizerConfig, sentence_vector
+from .probe import LogisticProbe
 
 # Above this held-out benign touched share, the summary tells the user what to add.
 BENIGN_TOUCHED_WARNING = 0.02
@@ -53,6 +54,7 @@ class TrainConfig:
     weak_weight: float = 2.0
     pooled_weight: float = 1.0
     prompt_prior: float = 1.0          # weight of the prompt-level prior (model.py); 0 = none
+    prompt_probe: float = 0.5          # weight of the prompt-level probe, fitted after training; 0 = none
     encode_batch: int = 64
     seed: int = 0
     device: Optional[str] = None
@@ -215,11 +217,13 @@ def train_sanitizer(encoder: TextEncoder, concepts: Sequence[Concept], config: T
         embed_dim=encoder.embed_dim, concepts=tuple(names), pooled_dim=encoder.pooled_dim,
         chunk_length=encoder.chunk_length, max_tokens=encoder.max_tokens, width=config.width,
         layers=config.layers, heads=config.heads, encoder_family=encoder.family,
-        encoder_name=encoder.name, prompt_prior=config.prompt_prior)).to(device)
+        encoder_name=encoder.name, prompt_prior=config.prompt_prior, prompt_probe=config.prompt_probe)).to(device)
     if config.prompt_prior:
         set_prompt_prior(model, [enc(prior_prompts(c), f"{c.name} terms") for c in concepts], benign)
     losses = fit(model, config, device, unsafe, anchor, unsafe_labels, benign, benign_target, weak, weak_target,
                  encoder.family, progress)
+    if config.prompt_probe:
+        set_prompt_probe(model, unsafe, [names.index(ex.concept) for ex in pairs], benign, weak, weak_target)
 
     # 4. Measure on held-out terms and prompts.
     heldout_unsafe, heldout_benign = heldout_sets(count, concepts, config.heldout_pairs_per_concept,
@@ -246,6 +250,11 @@ def train_sanitizer(encoder: TextEncoder, concepts: Sequence[Concept], config: T
     return model.cpu(), summary
 
 
+def sentence_vectors(cache: Cache, batch: int = 512) -> torch.Tensor:
+    return torch.cat([sentence_vector(cache.embedding[i:i + batch].float(), cache.attention[i:i + batch])
+                      for i in range(0, len(cache.embedding), batch)])
+
+
 def prior_prompts(concept: Concept) -> list[str]:
     """The prompts that place a concept among sentence vectors: its train terms, phrased "a photo
     of <term>", since a bare word sits apart from prompts."""
@@ -257,15 +266,49 @@ def set_prompt_prior(model: EmbeddingSanitizer, concept_terms: Sequence[Cache], 
     """A concept's direction is the mean sentence vector of its phrased train terms (a user's
     concept gets one from its own words); the benign corpus sets the centre and spread along
     it, so the prior reads in benign spreads."""
-    device = model.prior_direction.device
-    sentences = [sentence_vector(c.embedding.float(), c.attention).mean(0) for c in concept_terms]
-    model.prior_direction.copy_(torch.stack(sentences).to(device))
-    model.prior_centre.zero_()
-    model.prior_spread.fill_(1.0)
-    lean = torch.cat([model.prior(benign.embedding[i:i + 512].float().to(device), benign.attention[i:i + 512].to(device))
-                      for i in range(0, len(benign.embedding), 512)])
+    direction = torch.stack([sentence_vectors(c).mean(0) for c in concept_terms])
+    lean = sentence_vectors(benign) @ direction.T
+    model.prior_direction.copy_(direction)
     model.prior_centre.copy_(lean.mean(0))
     model.prior_spread.copy_(lean.std(0).clamp_min(1e-6))
+
+
+@torch.no_grad()
+def set_prompt_probe(model: EmbeddingSanitizer, unsafe: Cache, unsafe_concepts: Sequence[int], benign: Cache,
+                     weak: Optional[Cache], weak_target: Optional[torch.Tensor]) -> None:
+    """Fit each concept's prompt-level probe: a logistic regression on sentence vectors against the
+    benign corpus. Its positives are the real prompts labelled for the concept (I2P, for nudity)
+    where the corpus has some, since a probe on the synthetic prompts learns their templates
+    (measured: AUROC 0.965 against COCO captions, against 0.996 from the real ones); else the
+    concept's own unsafe prompts, so a user's concept gets a probe from its own words. Each
+    source weighs the same within its class, so the real negatives (I2P's other prompts, the
+    hard line) are not drowned by the benign corpus.
+
+    It is fitted after the network trains: trained with it in place, the network let benign
+    tokens' scores drift wherever the probe already held them down (11% of misspelled benign
+    prompts touched)."""
+    unsafe_vectors, benign_vectors = sentence_vectors(unsafe), sentence_vectors(benign)
+    weak_vectors = sentence_vectors(weak) if weak is not None else None
+    owner = torch.tensor(unsafe_concepts)
+    for c in range(len(model.concepts)):
+        sources = [(benign_vectors, torch.zeros(len(benign_vectors)))]
+        if weak is not None and (weak_target[:, c] >= 0.5).any():
+            known = weak_target[:, c] != UNKNOWN
+            sources.append((weak_vectors[known], weak_target[known, c].float()))
+        elif (owner == c).any():
+            sources.append((unsafe_vectors[owner == c], torch.ones(int((owner == c).sum()))))
+        else:
+            continue        # nothing to learn the concept from: its probe stays at 0
+        xs, ys, weights = [], [], []
+        for x, y in sources:
+            for part in (y >= 0.5, y < 0.5):
+                if part.any():
+                    xs.append(x[part])
+                    ys.append(y[part])
+                    weights.append(torch.full((int(part.sum()),), 1.0 / int(part.sum())))
+        direction, offset = LogisticProbe().fit(torch.cat(xs), torch.cat(ys), torch.cat(weights)).as_direction()
+        model.probe_direction[c] = direction.to(model.probe_direction)
+        model.probe_offset[c] = offset
 
 
 def fit(model, config: TrainConfig, device, unsafe: Cache, anchor: Cache, unsafe_labels, benign: Cache,

@@ -103,8 +103,8 @@ def load_sanitizer(path: Union[str, Path], device: Union[str, torch.device] = "c
         config = SanitizerConfig(**{k: meta[k] for k in (
             "embed_dim", "concepts", "pooled_dim", "chunk_length", "max_tokens", "width", "layers",
             "heads", "encoder_family", "encoder_name")},
-            # Files written before the prior existed have none: weight 0, as they were trained.
-            prompt_prior=meta.get("prompt_prior", 0.0))
+            # Files written before the prior or the probe existed have none: weight 0, as trained.
+            prompt_prior=meta.get("prompt_prior", 0.0), prompt_probe=meta.get("prompt_probe", 0.0))
         with torch.device("meta"):       # shapes only, no memory
             expected = {k: tuple(v.shape) for k, v in EmbeddingSanitizer(config).state_dict().items()}
     except ValueError as exc:

@@ -181,6 +181,24 @@ def test_the_prompt_prior_shifts_every_token_of_a_leaning_prompt_and_only_by_its
     assert torch.allclose(model.prior(padded, mask)[0], lean, atol=1e-5)
 
 
-def test_without_a_prompt_prior_there_is_nothing_to_set():
-    assert not hasattr(make(), "prior_direction")
+def test_the_probe_adds_its_weighted_logit_to_every_token_beside_the_prior():
+    model = make(prompt_prior=1.0, prompt_probe=0.5)
+    fix_scores(model, 0.1, 0.1)
+    e = torch.randn(1, 6, 32)
+    valid = torch.ones(1, 6, dtype=torch.bool)
+    logit = lambda s: torch.log(s / (1 - s))      # noqa: E731
+    before = logit(model.sanitize(e).scores[0])
+    with torch.no_grad():
+        model.probe_direction[1, 3] = 4.0             # violence reads feature 3
+        model.probe_offset[1] = -2.0
+    probe = model.probe(e, valid)[0]
+    assert probe[0] == 0 and probe[1] != 0
+    after = logit(model.sanitize(e).scores[0])
+    assert torch.allclose(after[:, 0], before[:, 0], atol=1e-5)
+    assert torch.allclose(after[:, 1], before[:, 1] + 0.5 * probe[1], atol=1e-4)
+
+
+def test_without_a_prompt_prior_or_probe_there_is_nothing_to_set():
+    assert not hasattr(make(), "prior_direction") and not hasattr(make(), "probe_direction")
     assert {"prior_direction", "prior_centre", "prior_spread"} <= set(make(prompt_prior=1.0).state_dict())
+    assert set(make(prompt_probe=0.5).state_dict()) - set(make().state_dict()) == {"probe_direction", "probe_offset"}

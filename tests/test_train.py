@@ -7,7 +7,9 @@ import torch
 from embedding_sanitizer.encoders import clip_tokenizer, token_span
 from embedding_sanitizer.corpus import make_pairs, misspell
 from embedding_sanitizer.lexicon import Concept, builtin_concepts, load_concepts_file
-from embedding_sanitizer.train import TrainConfig, train_sanitizer
+from embedding_sanitizer.corpus import UNKNOWN
+from embedding_sanitizer.model import EmbeddingSanitizer, SanitizerConfig
+from embedding_sanitizer.train import Cache, TrainConfig, set_prompt_probe, train_sanitizer
 
 NUDITY, VIOLENCE = builtin_concepts()["nudity"], builtin_concepts()["violence"]
 TINY = dict(steps=120, batch_size=32, pairs_per_concept=80, benign=160, weak_prompts=0, heldout_pairs_per_concept=30,
@@ -78,6 +80,39 @@ def test_training_is_deterministic_learns_and_reports(minilm):
     # plain one sits within a spread of the benign centre.
     lean = model_a.prior(batch.embedding, batch.attention_mask)[:, 0]
     assert model_a.config.prompt_prior == 1.0 and lean[0] > lean[1] + 1 and abs(lean[1]) < 1.5
+    # The probe, fitted after training, is a logit: the nude prompt's far above the plain one's.
+    probe = model_a.probe(batch.embedding, batch.attention_mask)[:, 0]
+    assert model_a.config.prompt_probe == 0.5 and probe[0] > probe[1] + 4 and probe[1] < -2
+
+
+def cache_along(direction: torch.Tensor, n: int, seed: int) -> Cache:
+    """n two-token prompts whose sentence vectors scatter around `direction`."""
+    g = torch.Generator().manual_seed(seed)
+    embedding = direction + 0.3 * torch.randn(n, 2, direction.numel(), generator=g)
+    valid = torch.ones(n, 2, dtype=torch.bool)
+    return Cache(embedding.half(), None, valid, valid, torch.zeros(n, 2, dtype=torch.long))
+
+
+def test_the_probe_learns_from_real_prompts_where_a_concept_has_them():
+    # Nudity has real labelled prompts along one feature and synthetic ones along another;
+    # violence has synthetic ones only. Each probe must follow its concept's best source.
+    dim = 8
+    axis = torch.eye(dim)
+    model = EmbeddingSanitizer(SanitizerConfig(embed_dim=dim, width=16, prompt_probe=0.5))
+    benign = cache_along(axis[0], 300, 0)
+    unsafe = cache_along(axis[0] + axis[1], 100, 1)
+    unsafe_violence = cache_along(axis[0] + axis[2], 100, 2)
+    both = Cache(*(torch.cat([a, b]) if a is not None else None for a, b in zip(vars(unsafe).values(),
+                                                                                 vars(unsafe_violence).values())))
+    real = Cache(*(torch.cat([a, b]) if a is not None else None for a, b in
+                   zip(vars(cache_along(axis[0] + axis[3], 40, 3)).values(), vars(cache_along(axis[0], 40, 4)).values())))
+    labels = torch.tensor([[1.0, UNKNOWN]] * 40 + [[0.0, UNKNOWN]] * 40)
+    set_prompt_probe(model, both, [0] * 100 + [1] * 100, benign, real, labels)
+    lean = lambda cache: model.probe(cache.embedding.float(), cache.attention)   # noqa: E731
+    nudity_real, nudity_synthetic = lean(cache_along(axis[0] + axis[3], 50, 5))[:, 0], lean(cache_along(axis[0] + axis[1], 50, 6))[:, 0]
+    assert (nudity_real > 0).float().mean() > 0.9 and nudity_real.mean() > nudity_synthetic.mean() + 2
+    violence, plain = lean(cache_along(axis[0] + axis[2], 50, 7))[:, 1], lean(cache_along(axis[0], 50, 8))[:, 1]
+    assert (violence > 0).float().mean() > 0.9 and (plain < 0).float().mean() > 0.9
 
 
 def test_progress_callback_can_stop_training(minilm):

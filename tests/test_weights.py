@@ -125,15 +125,16 @@ def test_missing_metadata_and_nonfinite_tensors(tmp_path, model):
         load_sanitizer(path)
 
 
-def test_files_from_before_the_prior_load_without_one(tmp_path, model):
+def test_files_from_before_the_prior_and_probe_load_without_them(tmp_path, model):
     path = save_sanitizer(model, tmp_path / "old.safetensors", SUMMARY)
     meta = read_metadata(path)
-    del meta["prompt_prior"]
+    del meta["prompt_prior"], meta["prompt_probe"]
     from safetensors.torch import load_file
     write_raw(path, load_file(str(path)), json.dumps(meta))
     loaded = load_sanitizer(path)
     e = torch.randn(1, 77, 24)
-    assert loaded.config.prompt_prior == 0.0 and torch.equal(loaded(e)[0], model(e)[0])
+    assert loaded.config.prompt_prior == loaded.config.prompt_probe == 0.0
+    assert torch.equal(loaded(e)[0], model(e)[0])
 
 
 def test_embedded_default_is_valid_and_meets_its_targets():
@@ -170,6 +171,9 @@ def write_raw(path, tensors, metadata_text):
     ({"prompt_prior": -1}, "prompt_prior must be from 0"),
     ({"prompt_prior": 10 ** 400}, "prompt_prior must be from 0 to 16.0, got an integer out of range"),
     ({"prompt_prior": 1.0}, "tensors do not match"),       # a prior needs its three tensors
+    ({"prompt_probe": [0.5]}, "prompt_probe must be a number, got list"),
+    ({"prompt_probe": float("nan")}, "prompt_probe must be from 0 to 16.0, got nan"),
+    ({"prompt_probe": 0.5}, "tensors do not match"),       # a probe needs its two tensors
 ])
 def test_hostile_metadata_is_one_line_error_naming_the_file(tmp_path, model, changes, message):
     path = save_sanitizer(model, tmp_path / "hostile.safetensors", SUMMARY)
