@@ -54,7 +54,7 @@ class TrainConfig:
     weak_weight: float = 2.0
     pooled_weight: float = 1.0
     prompt_prior: float = 1.0          # weight of the prompt-level prior (model.py); 0 = none
-    prompt_probe: float = 0.5          # weight of the prompt-level probe, fitted after training; 0 = none
+    prompt_probe: float = 0.25         # weight of the prompt-level probe, fitted after training; 0 = none
     encode_batch: int = 64
     seed: int = 0
     device: Optional[str] = None

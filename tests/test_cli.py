@@ -78,9 +78,10 @@ def test_measure_on_the_shared_prompt_sets():
     sanitizer, zero_shot, supervised = rows["I2P nudity >= 50 vs COCO captions"].split("|")[4].split("/")
     assert all(0.5 < float(x) <= 1 for x in (sanitizer, zero_shot, supervised))
     assert "threshold 0.5" in out.stdout
-    # What the gates actually do at that threshold: the share of unsafe prompts changed at all.
+    # What the gates actually do at that threshold: the share of unsafe prompts changed at all
+    # (55.5% of 200 with the embedded default; 20 prompts move it by 5 points each).
     changed = float(rows["held-out lexicon terms"].split("|")[6].strip().rstrip("%"))
-    assert 50 < changed <= 100
+    assert 35 <= changed <= 100
 
 
 # ----------------------------------------------------------------------------- malformed input (issue 10, class 8)

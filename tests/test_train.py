@@ -82,7 +82,7 @@ def test_training_is_deterministic_learns_and_reports(minilm):
     assert model_a.config.prompt_prior == 1.0 and lean[0] > lean[1] + 1 and abs(lean[1]) < 1.5
     # The probe, fitted after training, is a logit: the nude prompt's far above the plain one's.
     probe = model_a.probe(batch.embedding, batch.attention_mask)[:, 0]
-    assert model_a.config.prompt_probe == 0.5 and probe[0] > probe[1] + 4 and probe[1] < -2
+    assert model_a.config.prompt_probe == 0.25 and probe[0] > probe[1] + 4 and probe[1] < -2
 
 
 def cache_along(direction: torch.Tensor, n: int, seed: int) -> Cache:
