@@ -278,8 +278,9 @@ def set_prompt_probe(model: EmbeddingSanitizer, unsafe: Cache, unsafe_concepts: 
                      weak: Optional[Cache], weak_target: Optional[torch.Tensor]) -> None:
     """Fit each concept's prompt-level probe: a logistic regression on sentence vectors against the
     benign corpus. Its positives are the real prompts labelled for the concept (I2P, for nudity)
-    where the corpus has some, since a probe on the synthetic prompts learns their templates
-    (measured: AUROC 0.965 against COCO captions, against 0.996 from the real ones); else the
+    where the corpus has some, since a probe that also learns from the synthetic prompts learns
+    their templates (measured: AUROC 0.965 against COCO captions, against 0.996 from the real
+    ones alone); else the
     concept's own unsafe prompts, so a user's concept gets a probe from its own words. Each
     source weighs the same within its class, so the real negatives (I2P's other prompts, the
     hard line) are not drowned by the benign corpus.
