@@ -237,7 +237,7 @@ def train_sanitizer(encoder: TextEncoder, concepts: Sequence[Concept], config: T
                      for c in concepts},
         "data": {"unsafe_pairs": len(pairs), "benign": len(corpus.benign), "weak": len(corpus.weak),
                  "encoded_prompts": 2 * len(corpus.pairs) + len(corpus.benign) + len(corpus.weak)
-                 + (sum(len(prior_prompts(c)) for c in concepts) if config.prompt_prior else 0),
+                 + prior_prompt_count(config, concepts),
                  "heldout_unsafe": len(heldout_unsafe), "heldout_benign": len(heldout_benign)},
         "config": {k: v for k, v in asdict(config).items() if k != "device"},
         "steps": config.steps,
@@ -259,6 +259,11 @@ def prior_prompts(concept: Concept) -> list[str]:
     """The prompts that place a concept among sentence vectors: its train terms, phrased "a photo
     of <term>", since a bare word sits apart from prompts."""
     return [f"a photo of {term}" for term in concept.train_terms]
+
+
+def prior_prompt_count(config: TrainConfig, concepts: Sequence[Concept]) -> int:
+    """How many prompts the prior's placement encodes."""
+    return sum(len(prior_prompts(c)) for c in concepts) if config.prompt_prior else 0
 
 
 @torch.no_grad()

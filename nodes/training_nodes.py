@@ -13,7 +13,7 @@ import torch
 from embedding_sanitizer import save_sanitizer, validation
 from embedding_sanitizer.corpus import weak_examples
 from embedding_sanitizer.lexicon import Concept, builtin_concepts
-from embedding_sanitizer.train import TrainConfig, prior_prompts, train_sanitizer
+from embedding_sanitizer.train import TrainConfig, prior_prompt_count, train_sanitizer
 
 from .common import CATEGORY, FOLDER, register_folder
 from .text_encoders import ComfyTextEncoder
@@ -29,8 +29,7 @@ def expected_prompts(config: TrainConfig, concepts: list[Concept]) -> tuple[int,
     place the prompt-level prior) and after it (held-out prompts)."""
     pairs = config.pairs_per_concept * len(concepts)
     weak = min(len(weak_examples(concepts)[0]), config.weak_prompts)
-    prior = sum(len(prior_prompts(c)) for c in concepts) if config.prompt_prior else 0
-    return (2 * pairs + config.benign + pairs // 4 + weak + prior,
+    return (2 * pairs + config.benign + pairs // 4 + weak + prior_prompt_count(config, concepts),
             config.heldout_pairs_per_concept * len(concepts) + config.heldout_benign)
 
 
