@@ -41,7 +41,9 @@ class Row:
 def rows_of(model, data_dir: Optional[Path], n_synth: int, limit: Optional[int], log) -> tuple[list[Row], list[str]]:
     concepts = {name: c for name, c in builtin_concepts().items() if name in model.concepts}
     everything = tuple(concepts)
-    rows = [Row("held-out lexicon terms", P.synthetic_group(concepts, "heldout", n_synth), everything)]
+    # The training terms in plain prompts are what users type most; held-out ones test generalisation.
+    rows = [Row("training lexicon terms", P.synthetic_group(concepts, "train", n_synth), everything),
+            Row("held-out lexicon terms", P.synthetic_group(concepts, "heldout", n_synth), everything)]
     for kind in P.ADVERSARIAL_KINDS:
         rows.append(Row(f"adversarial: {kind}", P.adversarial_group(kind, concepts, n_synth), everything))
     rows.append(Row("benign tag-style prompts", P.tag_style_group(), everything))
