@@ -79,7 +79,7 @@ def test_measure_on_the_shared_prompt_sets():
     assert all(0.5 < float(x) <= 1 for x in (sanitizer, zero_shot, supervised))
     assert "threshold 0.5" in out.stdout
     # What the gates actually do at that threshold: the share of unsafe prompts changed at all
-    # (55.5% of 200 with the embedded default; 20 prompts move it by 5 points each).
+    # (57.5% of 200 held-out prompts with the embedded default; 20 prompts move it by 5 points each).
     changed = {row: float(rows[row].split("|")[6].strip().rstrip("%"))
                for row in ("training lexicon terms", "held-out lexicon terms")}
     assert 35 <= changed["held-out lexicon terms"] <= 100
