@@ -247,7 +247,11 @@ class EmbeddingSanitizer(nn.Module):
     def sanitize(self, embedding: torch.Tensor, pooled: Optional[torch.Tensor] = None, *,
                  intensity: float = 1.0, threshold: float = 0.0,
                  concepts: Optional[Iterable[str]] = None,
-                 attention_mask: Optional[torch.Tensor] = None) -> SanitizeResult:
+                 attention_mask: Optional[torch.Tensor] = None,
+                 plain_reading: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> SanitizeResult:
+        """`plain_reading`, where given, is (rows (B, T) bool, scores (B, T, C)): the scores of those
+        rows as the prompt's text reads plainly, which replace the embedding's own before they
+        gate (disguise.plain_reading: "n u d e" scored as "nude")."""
         intensity, threshold = validation.intensity(intensity), validation.threshold(threshold)
         concepts = validation.concepts(concepts, self.concepts)
         if not embedding.is_floating_point():
@@ -259,6 +263,14 @@ class EmbeddingSanitizer(nn.Module):
             attention_mask = attention_mask.to(own_device, torch.bool)
         scores, delta, pooled_delta = self(embedding.to(own_device), attention_mask)
         validation.require_finite("the sanitizer's output", scores, delta, pooled_delta)
+        if plain_reading is not None:
+            rows, read = plain_reading
+            if read.shape != scores.shape or rows.shape != scores.shape[:2]:
+                raise SanitizerShapeError(f"a plain reading of shape {tuple(rows.shape)}, {tuple(read.shape)} "
+                                          f"does not fit the scores {tuple(scores.shape)}")
+            validation.require_finite("the plain reading's scores", read)
+            scores = torch.where(rows.to(own_device, torch.bool).unsqueeze(-1),
+                                 read.to(own_device, scores.dtype).clamp(0.0, 1.0), scores)
         gates = self.gates_from_scores(scores, self.concept_mask(concepts), intensity, threshold,
                                        attention_mask)
         out_device, out_dtype = embedding.device, embedding.dtype

@@ -10,11 +10,12 @@ import torch
 
 from embedding_sanitizer import SanitizerShapeError, families, validation
 from embedding_sanitizer.conditioning import filled_width, valid_rows
+from embedding_sanitizer.disguise import plain_reading, undisguise
 from embedding_sanitizer.metrics import embedding_cosine
 from embedding_sanitizer.operator import mark_sanitized
 from embedding_sanitizer.report import format_report, prompt_summary, token_entries, token_report
 
-from .text_encoders import clip_family, labels_for
+from .text_encoders import ComfyTextEncoder, clip_family, labels_for
 
 FOLDER = "sanitizers"
 EXTENSIONS = {".safetensors"}
@@ -88,23 +89,33 @@ def sanitize_conditioning(conditioning, model, intensity: float, threshold: floa
                           concepts=None):
     """A new CONDITIONING list (each dict copied, every key kept), report text and UI entries.
 
-    With `clip` and `text` (what was encoded) the scores are labelled with the prompt's tokens."""
+    With `clip` and `text` (what was encoded) the scores are labelled with the prompt's tokens, and
+    the text is read through its disguises ("n u d e", "n4k3d": embedding_sanitizer.disguise)."""
     if not isinstance(conditioning, (list, tuple)) or not conditioning:
         raise ValueError("Sanitize Conditioning: expected a non-empty CONDITIONING list")
     try:
         intensity, threshold = validation.intensity(intensity), validation.threshold(threshold)
     except validation.InvalidValue as exc:
         raise ValueError(f"Embedding Sanitizer: {exc}") from None
-    out, ui, texts, labels = [], [], [], {}
+    out, ui, texts, labels, readings = [], [], [], {}, {}
+    reader = _DisguiseReader(model, clip, text)
     for entry_index, entry in enumerate(conditioning):
         embedding, extras = entry[0], entry[1]
         pooled = extras.get("pooled_output")
         check_family(model, embedding, pooled, clip)
         use_pooled = pooled if (torch.is_tensor(pooled) and model.config.pooled_dim) else None
+        rows = embedding.shape[1]
+        if clip is not None and text is not None and rows not in labels:
+            labels[rows] = labels_for(clip, text, rows)
+        if labels.get(rows) and rows not in readings:
+            readings[rows] = reader.read(rows)
+        reading = readings.get(rows)
         try:
             result = model.sanitize(embedding, use_pooled, intensity=intensity, threshold=threshold,
                                     concepts=concepts,
-                                    attention_mask=valid_rows(embedding, extras.get("attention_mask")))
+                                    attention_mask=valid_rows(embedding, extras.get("attention_mask")),
+                                    plain_reading=None if reading is None else
+                                    tuple(t.expand(embedding.shape[0], *t.shape[1:]) for t in reading))
         except SanitizerShapeError as exc:
             raise _mismatch(model, embedding, _width_source(embedding.shape[-1]), str(exc)) from None
         new_extras = extras.copy()
@@ -113,9 +124,6 @@ def sanitize_conditioning(conditioning, model, intensity: float, threshold: floa
         mark_sanitized(new_extras, model, embedding, use_pooled, result, intensity, threshold, concepts)
         out.append([result.embedding, new_extras, *entry[2:]])
 
-        rows = embedding.shape[1]
-        if clip is not None and text is not None and rows not in labels:
-            labels[rows] = labels_for(clip, text, rows)
         found = labels.get(rows)
         tokens, real = found if found else ([f"#{i}" for i in range(rows)], [True] * rows)
         cosines = embedding_cosine(result.embedding, embedding)
@@ -130,7 +138,32 @@ def sanitize_conditioning(conditioning, model, intensity: float, threshold: floa
         texts.append("note: connect clip and text to label the scores with the prompt's tokens")
     elif not all(u["labelled"] for u in ui):
         texts.append("note: the text does not match the conditioning's rows; tokens shown by position")
+    if reader.note:
+        texts.append(reader.note)
     return out, "\n".join(texts), ui
+
+
+class _DisguiseReader:
+    """The text's disguised spans, scored as the CLIP reads them plainly. It encodes the plain
+    text once more, so only for a text that holds a disguise."""
+
+    def __init__(self, model, clip, text):
+        self.model, self.clip, self.text, self.note = model, clip, text, ""
+        self.disguised = clip is not None and isinstance(text, str) and undisguise(text) is not None
+        self.encoder = None
+
+    def read(self, rows: int):
+        if not self.disguised:
+            return None
+        if self.encoder is None:
+            try:
+                self.encoder = ComfyTextEncoder(self.clip)
+            except ValueError as exc:      # an encoder whose rows are its own: its tokens cannot be found
+                self.disguised = False
+                self.note = f"note: the disguised words of the text were not read plainly ({exc})"
+                return None
+            self.note = "note: disguised words (spaced-out letters, look-alikes) were also read plainly"
+        return plain_reading(self.model, self.encoder, [self.text], rows)
 
 
 def node_output(conditioning, report: str, ui: list) -> dict:

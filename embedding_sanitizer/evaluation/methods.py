@@ -23,6 +23,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from ..disguise import plain_reading
 from ..metrics import TOUCHED_GATE, prompt_scores
 from ..model import DEFAULT_THRESHOLD, mean_pool
 
@@ -375,8 +376,10 @@ class SanitizerMethod(Method):
             part = originals[start:start + self.batch_size]
             emb, att, real, pooled = collate(part, chunk)
             t0 = time.perf_counter()
+            # As the hosts do where they have the prompt's text: read it through its disguises.
+            reading = plain_reading(self.model, cache.encoder, texts[start:start + self.batch_size], emb.shape[1])
             res = self.model.sanitize(emb, pooled, intensity=intensity, threshold=self.threshold,
-                                      attention_mask=att)
+                                      attention_mask=att, plain_reading=reading)
             self.sanitize_seconds += time.perf_counter() - t0
             scores.append(prompt_scores(res.scores, real, self.score_mask))
             touched.append((res.gates.masked_fill(~att, 0.0) > TOUCHED_GATE).any(dim=1))

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from .comfy_env import REPO
+from .conftest import active_sanitizer
 
 PROMPT = "a photo of a nude woman holding a bloody knife"
 LONG = ", ".join(["a very detailed painting of a quiet mountain lake at sunrise"] * 12)  # > 75 tokens
@@ -216,6 +217,34 @@ def test_encode_node_equals_encode_then_sanitize(nodes, sd1_clip, sd1_sanitizer,
     torch.testing.assert_close(cond[0][0], ref[0][0])
     assert "pooled_output" in cond[0][1]
     assert out["ui"]["token_scores"][0]["tokens"][4]["token"] == "nude"
+
+
+def test_disguised_words_are_scored_as_read_plainly(nodes, sd1_clip, clip_text_encode):
+    """'n u d e' is scored as the sanitizer scores 'nude', on the rows of the letters as typed; the
+    rest of the prompt keeps its own scores, and the erasure acts on the typed embedding."""
+    sanitizer = active_sanitizer(768, 0, "sd1-clip-l", score_std=0.05)    # scores short of 0 and 1
+    typed, plain = "a photo of a n u d e woman", "a photo of a nude woman"
+    cond = encode(clip_text_encode, sd1_clip, typed)
+    snap = snapshot(cond)
+    out, report, ui = apply(nodes, cond, sanitizer, clip=sd1_clip, text=typed)
+    assert_unchanged(cond, snap)
+    with torch.no_grad():
+        own, delta, _ = sanitizer(cond[0][0].float())
+        read, _, _ = sanitizer(encode(clip_text_encode, sd1_clip, plain)[0][0].float())
+    own, word = own[0].amax(-1), read[0, 5].amax()          # row 5: BOS a photo of a nude
+    tokens = ui["token_scores"][0]["tokens"]
+    assert [t["token"] for t in tokens] == ["a", "photo", "of", "a", "n", "u", "d", "e", "woman"]
+    for t in tokens:
+        expected = word if t["token"] in "nude" else own[t["position"]]
+        assert t["score"] == pytest.approx(float(expected), abs=1e-4), t
+    assert not torch.allclose(own[5:9], word)                # the letters' own scores differ
+    gate = torch.tensor([t["gate"] for t in tokens[4:8]])
+    torch.testing.assert_close(out[0][0][0, 5:9], cond[0][0][0, 5:9] + gate[:, None] * delta[0, 5:9],
+                               atol=1e-3, rtol=1e-3)
+    assert "read plainly" in report
+    # Without the text there is nothing to read plainly: the embedding's own scores.
+    _, _, bare = apply(nodes, cond, sanitizer)
+    assert bare["token_scores"][0]["tokens"][5]["score"] == pytest.approx(float(own[5]), abs=1e-4)
 
 
 BAD_WIDGET_VALUES = [float("nan"), float("inf"), -float("inf"), -0.5, 1e308, "0.5", None, [1], {}]

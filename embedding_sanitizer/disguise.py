@@ -1,0 +1,133 @@
+"""Reading a prompt through the two mechanical disguises: spaced-out letters and look-alikes.
+
+A text encoder reads "n u d e", "s.l.a.s.h.e.d" or "n4k3d" as a handful of unrelated
+tokens, so the sanitizer, which reads the encoder's output, sees noise there. Where the host
+has the prompt's text, the text is undisguised ("nude", "slashed", "naked"), the plain text
+is encoded and scored, and each undisguised span's score replaces the scores of the rows that
+spell it as typed. The erasure still acts on the prompt's own embedding with its own deltas,
+and every other row keeps its own score: a prompt without a disguise is sanitized exactly as
+before. Read plainly, a harmless disguise ("h3ll0", "s.t.a.n.d.i.n.g") is harmless too, where
+the encoder's reading of its stray letters and digits is noise that sometimes looks unsafe.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+
+# Digits and symbols that stand in for letters. A "1" stands for an "l" or an "i" (see _one).
+LOOKALIKES = {"0": "o", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "9": "g",
+              "@": "a", "$": "s", "!": "i", "()": "o"}
+# A prompt past this many disguised spans is read through its first ones only: each span
+# costs a few tokenizations of the prompt, and a hostile prompt could hold thousands.
+MAX_SPANS = 64
+
+_CHAR = r"[A-Za-z0-9@$!]"
+# Three or more single characters split by one separator, standing alone: "n u d e", "g.o.r.e".
+# A run stops short of a character that starts another run ("s h o t d.e.a.d").
+_RUNS = [re.compile(rf"(?<![\w.\-]){_CHAR}(?:{sep}{_CHAR}){{2,}}(?!\w)(?![.\-_]\w)")
+         for sep in (r"\.", "-", "_", " ")]
+# A word with a look-alike in it: "n4k3d", "7or7ure", "b!tch", "()rgy". A trailing "!" is
+# punctuation. A word of fewer than two letters ("8k", "2021") or a number with its unit
+# ("35mm", "1990s") is no disguise.
+_MEASURE = re.compile(r"\d{2,}[A-Za-z]+")
+_WORD = re.compile(r"(?:[A-Za-z0-9@$!]|\(\))*(?:[A-Za-z0-9@$]|\(\))")
+_LOOKALIKE = re.compile(r"[01345789@$!]|\(\)")
+_VOWELS = set("aeiouAEIOU")
+
+
+def _one(before: str, after: str) -> str:
+    """What a "1" stands for, from its neighbours read plainly: "l" after a vowel ("ki1l1ng",
+    "p3acefu1") or between a consonant and a vowel ("s1ashed", "b1ood"), else "i" ("n1pple")."""
+    if before in _VOWELS or (after in _VOWELS and before not in _VOWELS):
+        return "l"
+    return "i"
+
+
+def _plain_word(word: str) -> str:
+    chars = [LOOKALIKES.get(piece, piece) for piece in re.findall(r"\(\)|.", word)]
+    for i, c in enumerate(chars):
+        if c == "1":
+            chars[i] = _one(chars[i - 1] if i else "", chars[i + 1] if i + 1 < len(chars) else "")
+    return "".join(chars)
+
+
+@dataclass(frozen=True)
+class Span:
+    typed: tuple[int, int]       # characters of the text as typed
+    plain: tuple[int, int]       # the same span's characters in the plain text
+
+
+@dataclass(frozen=True)
+class Undisguised:
+    text: str
+    plain: str
+    spans: tuple[Span, ...]
+
+
+def _run_edit(match: re.Match, separator: str) -> tuple[int, int, str]:
+    start, run = match.start(), match.group()
+    # "a n u d e woman": the article stays a word of its own.
+    if separator == " " and run[0] in "aAiI" and len(run) > 6:
+        start, run = start + 2, run[2:]
+    return start, match.end(), run.replace(separator, "")
+
+
+def undisguise(text: str) -> Optional[Undisguised]:
+    """The plain reading of `text` and where it differs, or None when nothing is disguised."""
+    edits: list[tuple[int, int, str]] = []
+
+    def free(start, end):
+        return all(end <= a or b <= start for a, b, _ in edits)
+
+    for separator, pattern in zip(".-_ ", _RUNS):
+        for match in pattern.finditer(text):
+            start, end, joined = _run_edit(match, separator)
+            if free(start, end):
+                edits.append((start, end, joined))
+    for match in _WORD.finditer(text):
+        word = match.group()
+        if sum(c.isalpha() for c in word) >= 2 and _LOOKALIKE.search(word) and not _MEASURE.fullmatch(word) \
+                and free(match.start(), match.end()):
+            edits.append((match.start(), match.end(), _plain_word(word)))
+    if not edits:
+        return None
+    edits.sort()
+    pieces, spans, cursor, length = [], [], 0, 0
+    for start, end, new in edits[:MAX_SPANS]:
+        length += start - cursor
+        pieces += [text[cursor:start], new]
+        spans.append(Span((start, end), (length, length + len(new))))
+        length += len(new)
+        cursor = end
+    pieces.append(text[cursor:])
+    return Undisguised(text, "".join(pieces), tuple(spans))
+
+
+@torch.no_grad()
+def plain_reading(model, encoder, texts: Sequence[str], rows: int) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    """What `model.sanitize(..., plain_reading=)` takes for the rows of `encoder.encode([text])`:
+    (B, rows) bool, the rows that a disguised span covers, and (B, rows, C) float32, each
+    span's scores read plainly (the largest over its plain tokens). None when no text holds a
+    disguise, so that nothing is encoded twice.
+
+    `encoder` needs `encode(prompts)` and `span_positions(text, start, end)` (TextEncoder)."""
+    found = [(i, u) for i, u in enumerate(map(undisguise, texts)) if u is not None]
+    if not found:
+        return None
+    plain = encoder.encode([u.plain for _, u in found])
+    device = next(model.parameters()).device
+    scores, _, _ = model(plain.embedding.to(device), plain.attention_mask.to(device))
+    covered = torch.zeros(len(texts), rows, dtype=torch.bool)
+    read = torch.zeros(len(texts), rows, len(model.concepts))
+    for (i, u), plain_scores in zip(found, scores.float().cpu()):
+        for span in u.spans:
+            typed_rows = [r for r in encoder.span_positions(u.text, *span.typed) if r < rows]
+            plain_rows = [r for r in encoder.span_positions(u.plain, *span.plain) if r < len(plain_scores)]
+            if typed_rows and plain_rows:
+                covered[i, typed_rows] = True
+                read[i, typed_rows] = plain_scores[plain_rows].amax(0)
+    return (covered, read) if covered.any() else None
