@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 import torch
 
 from . import families, validation
+from .encoders import EncodedBatch, concat_batches, token_span
 from .model import DEFAULT_THRESHOLD
 
 SECTION = ("embedding_sanitizer", "Embedding Sanitizer")
@@ -341,15 +342,22 @@ class SanitizeLedger:
         return None
 
 
-def sanitize_prompt_schedules(conditioning, fn: Callable, ledger: SanitizeLedger, pooled_dim: int = 0) -> int:
+def sanitize_prompt_schedules(conditioning, fn: Callable, ledger: SanitizeLedger, pooled_dim: int = 0,
+                              texts: Optional[Sequence[Sequence[str]]] = None) -> int:
     """Replace every schedule entry's cond with fn's sanitized version, in place in the lists.
 
-    fn(embedding (1,T,D), pooled (1,P) or None) -> SanitizeResult. Returns how many distinct
-    conds were newly sanitized. Entries already sanitized (same object) are skipped; an
-    original met again is replaced by its earlier result without calling fn.
+    fn(embedding (1,T,D), pooled (1,P) or None, text or None) -> SanitizeResult, where `texts`
+    (schedule_texts) gives each entry's prompt text. Returns how many distinct conds were
+    newly sanitized. Entries already sanitized (same object) are skipped; an original met
+    again is replaced by its earlier result without calling fn.
     """
     count = 0
-    for schedules in schedule_lists(conditioning):
+    lists = schedule_lists(conditioning)
+    if texts is None or len(texts) != len(lists):
+        texts = [()] * len(lists)
+    for schedules, entry_texts in zip(lists, texts):
+        if len(entry_texts) != len(schedules):      # the schedules were not built from these texts
+            entry_texts = [None] * len(schedules)
         for i, entry in enumerate(schedules):
             cond = entry.cond
             key = _key(cond)
@@ -357,7 +365,7 @@ def sanitize_prompt_schedules(conditioning, fn: Callable, ledger: SanitizeLedger
                 continue
             if key not in ledger.done:
                 emb, pooled = cond_to_tensors(cond, pooled_dim)
-                result = fn(emb, pooled)
+                result = fn(emb, pooled, entry_texts[i])
                 new = tensors_to_cond(cond, result.embedding, result.pooled)
                 ledger.done[key] = (cond, new)
                 ledger.produced.add(_key(new))
@@ -366,6 +374,47 @@ def sanitize_prompt_schedules(conditioning, fn: Callable, ledger: SanitizeLedger
                 count += 1
             schedules[i] = entry._replace(cond=ledger.done[key][1])
     return count
+
+
+def schedule_texts(prompts: Sequence[str], steps: int, parser) -> list[list[str]]:
+    """The prompt text of every schedule entry of the positive conditioning the webui builds from
+    `prompts`, in schedule_lists' order: per image, per AND-part, per schedule. `parser` is the
+    webui's modules.prompt_parser."""
+    out = []
+    for prompt in prompts:
+        parts, flat, _ = parser.get_multicond_prompt_list([prompt])
+        schedules = parser.get_learned_conditioning_prompt_schedules(flat, steps)
+        out += [[text for _, text in schedules[index]] for index, _ in parts[0]]
+    return out
+
+
+class WebuiTextReader:
+    """What disguise.plain_reading needs of a text encoder, over the webui's: `conditioning`
+    encodes a list of prompts as the webui does (sd_model.get_learned_conditioning), and
+    `tokenize_line` is its text engine's (chunks of 77 ids with BOS, EOS and padding)."""
+
+    def __init__(self, conditioning: Callable, tokenize_line: Callable, special_ids: Iterable[int]):
+        self.conditioning, self.tokenize_line, self.special = conditioning, tokenize_line, set(special_ids)
+
+    def encode(self, prompts: Sequence[str]) -> EncodedBatch:
+        parts = []
+        for prompt in prompts:
+            cond = self.conditioning([prompt])
+            emb = (cond["crossattn"] if isinstance(cond, Mapping) else cond).float().cpu()
+            valid = torch.ones(emb.shape[:2], dtype=torch.bool)
+            parts.append(EncodedBatch(emb, None, torch.zeros(emb.shape[:2], dtype=torch.long), [], valid, valid))
+        return concat_batches(parts)
+
+    def _real_tokens(self, text: str) -> tuple[list[int], list[int]]:
+        chunks, _ = self.tokenize_line(text)
+        real = [(77 * c + j, int(t)) for c, chunk in enumerate(chunks) for j, t in enumerate(chunk.tokens)
+                if int(t) not in self.special]
+        return [row for row, _ in real], [token for _, token in real]
+
+    def span_positions(self, text: str, start: int, end: int) -> list[int]:
+        rows, ids = self._real_tokens(text)
+        span = token_span(ids, self._real_tokens(text[:start])[1], self._real_tokens(text[:end])[1])
+        return [rows[i] for i in span or ()]
 
 
 def max_change(ledger: SanitizeLedger) -> float:

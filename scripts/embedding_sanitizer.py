@@ -49,6 +49,7 @@ finally:
 from embedding_sanitizer import load_sanitizer, read_metadata  # noqa: E402
 from embedding_sanitizer import a1111 as W  # noqa: E402
 from embedding_sanitizer import validation  # noqa: E402
+from embedding_sanitizer.disguise import plain_reading  # noqa: E402
 from embedding_sanitizer import report  # noqa: E402
 from embedding_sanitizer.report import token_report  # noqa: E402
 
@@ -327,13 +328,15 @@ class EmbeddingSanitizerScript(scripts.Script):
             device = (first["crossattn"] if isinstance(first, dict) else first).device
             model = load(state["weights"], device)
             pooled_dim = W.POOLED_IN_VECTOR.get(model.config.encoder_family, 0)
+            reader, texts = self.text_reading(p, c, stage)
 
-            def fn(emb, pooled):
+            def fn(emb, pooled, text):
+                reading = plain_reading(model, reader, [text], emb.shape[1]) if reader and text else None
                 return model.sanitize(emb, pooled, intensity=d.intensity, threshold=d.threshold,
-                                      concepts=d.concepts)
+                                      concepts=d.concepts, plain_reading=reading)
 
             before = len(state["ledger"].results)
-            n = W.sanitize_prompt_schedules(c, fn, state["ledger"], pooled_dim)
+            n = W.sanitize_prompt_schedules(c, fn, state["ledger"], pooled_dim, texts)
         except Exception as e:
             if d.enforced:
                 raise
@@ -357,6 +360,25 @@ class EmbeddingSanitizerScript(scripts.Script):
              "negative_untouched": uc is None or W.conditioning_signature(uc) == uc_before,
              "negative_conds": 0 if uc is None else len(uc_before),
              "prompt": first_prompt(p)})
+
+    @staticmethod
+    def text_reading(p, c, stage):
+        """(the webui's encoder as disguise.plain_reading reads it, each schedule entry's text), or
+        (None, None) where they cannot be had: then the conds are sanitized on their own reading."""
+        try:
+            from modules import prompt_parser
+            engine = text_engine(p.sd_model)
+            if engine is None:
+                return None, None
+            prompts = getattr(p, "hr_prompts", None) if stage == "hires" else None
+            prompts = prompts or getattr(p, "prompts", None) or [p.prompt]
+            steps = (getattr(p, "hr_second_pass_steps", 0) or p.steps) if stage == "hires" else p.steps
+            texts = W.schedule_texts([str(t) for t in prompts], steps, prompt_parser)
+            specials = {getattr(engine, a, None) for a in ("id_start", "id_end", "id_pad")} - {None}
+            return W.WebuiTextReader(p.sd_model.get_learned_conditioning, engine.tokenize_line, specials), texts
+        except Exception as e:
+            log({"event": "text-reading-unavailable", "error": repr(e)})
+            return None, None
 
     def token_display(self, p, c, state):
         """(HTML of the first image's prompt parts with their token scores, how many of its

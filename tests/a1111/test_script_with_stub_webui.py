@@ -8,8 +8,8 @@ import torch
 
 from embedding_sanitizer import a1111 as W
 
-from .test_webui_adapter import (ComposableScheduledPromptConditioning, MulticondLearnedConditioning,
-                                 ScheduledPromptConditioning, active_model, sd1_cond)
+from .test_webui_adapter import (ClipTextEngine, ComposableScheduledPromptConditioning, MulticondLearnedConditioning,
+                                 PromptParser, ScheduledPromptConditioning, active_model, sd1_cond)
 
 
 class FakeP:
@@ -199,3 +199,36 @@ def test_settings_are_explained_and_filed_under_stable_diffusion(host):
     assert all(info.category_id == "sd" for info in infos.values())
     assert "score" in infos[W.OPT_THRESHOLD].comment and "intensity" in infos[W.OPT_INTENSITY].comment.lower()
     assert infos[W.OPT_ENFORCE].kw["restrict_api"] and infos[W.OPT_ENFORCE_INTENSITY].kw["restrict_api"]
+
+
+def test_disguised_words_are_read_plainly_through_the_webui_encoder(host, monkeypatch):
+    """The positive prompt's disguised span is scored as the webui's encoder reads it plainly; the
+    negative prompt and the rest of the rows keep the conds' own reading."""
+    import sys
+    from embedding_sanitizer.disguise import plain_reading
+
+    engine = ClipTextEngine()
+    encoded = []
+
+    def get_learned_conditioning(texts):
+        encoded.extend(texts)
+        return torch.stack([sd1_cond(seed=len(t)) for t in texts])
+
+    monkeypatch.setattr(sys.modules["modules"], "prompt_parser", PromptParser, raising=False)
+    p = FakeP("a photo of a n4k3d woman")
+    p.c = MulticondLearnedConditioning((1,), [[ComposableScheduledPromptConditioning(
+        [ScheduledPromptConditioning(20, p.a)])]])
+    p.sd_model = types.SimpleNamespace(cond_stage_model=engine, get_learned_conditioning=get_learned_conditioning)
+    run(host, p)
+    assert encoded == ["a photo of a naked woman"]          # the plain text, once; never the negative
+    result = p._embedding_sanitizer["ledger"].results[0][1]
+    model = host.mod.load("sd1.safetensors", "cpu")
+    reader = W.WebuiTextReader(get_learned_conditioning, engine.tokenize_line, {engine.id_start, engine.id_end})
+    rows, read = plain_reading(model, reader, [p.prompt], 77)
+    own = model.sanitize(p.a.unsqueeze(0)).scores
+    span = rows[0].nonzero().flatten()
+    assert len(span) >= 1 and not torch.equal(read[0, span], own[0, span])
+    torch.testing.assert_close(result.scores[0, span], read[0, span])
+    outside = ~rows[0]
+    torch.testing.assert_close(result.scores[0, outside], own[0, outside])
+    assert p.uc[0][0].cond is p.neg

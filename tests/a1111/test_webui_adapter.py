@@ -40,7 +40,7 @@ def active_model(dim=768, pooled=0, family="sd1-clip-l", seed=0):
 
 
 def fn_for(model, calls, **kw):
-    def fn(emb, pooled):
+    def fn(emb, pooled, text=None):
         calls.append(emb.shape)
         return model.sanitize(emb, pooled, **kw)
     return fn
@@ -379,3 +379,83 @@ def test_erased_token_strikes_the_text_not_the_score():
     rows = [{"token": "nude", "score": 0.9, "gate": 0.9, "concept": "nudity", "erased": True}]
     out = W.report_html(rows)
     assert "<span class='es-text'>nude</span><sub>0.90</sub>" in out
+
+
+# ----------------------------------------------------------------------------- reading the prompt's text
+
+
+class Chunk:
+    def __init__(self, tokens):
+        self.tokens = tokens
+
+
+class ClipTextEngine:
+    """The webui's text engine as far as the reader uses it: tokenize_line gives chunks of 77 ids,
+    BOS + up to 75 tokens + EOS padding, with the real CLIP BPE vocabulary."""
+    id_start, id_end = 49406, 49407
+
+    def __init__(self):
+        from embedding_sanitizer.encoders import clip_tokenizer
+        self.tokenizer = clip_tokenizer()
+
+    def tokenize_line(self, text):
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        pieces = [ids[i:i + 75] for i in range(0, len(ids), 75)] or [[]]
+        return [Chunk([self.id_start] + p + [self.id_end] * (76 - len(p))) for p in pieces], len(ids)
+
+
+class PromptParser:
+    """modules.prompt_parser's two functions for prompts with AND-parts and no [from:to:when]."""
+
+    @staticmethod
+    def get_multicond_prompt_list(prompts):
+        flat, parts = [], []
+        for prompt in prompts:
+            indexes = []
+            for part in prompt.split(" AND "):
+                if part not in flat:
+                    flat.append(part)
+                indexes.append((flat.index(part), 1.0))
+            parts.append(indexes)
+        return parts, flat, {}
+
+    @staticmethod
+    def get_learned_conditioning_prompt_schedules(prompts, steps):
+        return [[[steps, prompt]] for prompt in prompts]
+
+
+def test_schedule_texts_follow_the_conditioning_order_and_repeated_parts():
+    texts = W.schedule_texts(["a cat AND a n u d e dog AND a cat", "a lake"], 20, PromptParser)
+    assert texts == [["a cat"], ["a n u d e dog"], ["a cat"], ["a lake"]]
+
+
+def test_text_reader_finds_a_span_in_any_chunk():
+    engine = ClipTextEngine()
+    reader = W.WebuiTextReader(None, engine.tokenize_line, {engine.id_start, engine.id_end})
+    text = "a photo of a n4k3d woman"
+    start = text.index("n4k3d")
+    rows = reader.span_positions(text, start, start + 5)
+    before = len(engine.tokenizer(text[:start], add_special_tokens=False)["input_ids"])
+    assert rows[0] == 1 + before                                          # after BOS and "a photo of a"
+    pieces = engine.tokenizer.convert_ids_to_tokens([engine.tokenize_line(text)[0][0].tokens[r] for r in rows])
+    assert "".join(pieces).replace("</w>", "") == "n4k3d"
+    long = ", ".join(["a quiet mountain lake at sunrise"] * 14) + ", a n4k3d woman"
+    start = long.index("n4k3d")
+    assert min(reader.span_positions(long, start, start + 5)) > 77       # in the second chunk's rows
+
+
+def test_each_schedule_entry_is_sanitized_with_its_own_text():
+    model, seen = active_model(), []
+    multi = MulticondLearnedConditioning((2,), [
+        [ComposableScheduledPromptConditioning([ScheduledPromptConditioning(10, sd1_cond(seed=1)),
+                                                ScheduledPromptConditioning(20, sd1_cond(seed=2))])],
+        [ComposableScheduledPromptConditioning([ScheduledPromptConditioning(20, sd1_cond(seed=3))])]])
+
+    def fn(emb, pooled, text):
+        seen.append(text)
+        return model.sanitize(emb, pooled)
+    W.sanitize_prompt_schedules(multi, fn, W.SanitizeLedger(), texts=[["a cat", "a dog"], ["a lake"]])
+    assert seen == ["a cat", "a dog", "a lake"]
+    seen.clear()        # texts that do not fit the schedules are not guessed at
+    W.sanitize_prompt_schedules(multi, fn, W.SanitizeLedger(), texts=[["a cat"], ["a lake"]])
+    assert seen == [None, None, "a lake"]
