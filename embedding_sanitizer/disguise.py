@@ -1,19 +1,27 @@
-"""Reading a prompt through the two mechanical disguises: spaced-out letters and look-alikes.
+"""Reading a prompt through what hides its words from the encoder: spaced-out letters,
+look-alike characters and misspellings.
 
 A text encoder reads "n u d e", "s.l.a.s.h.e.d" or "n4k3d" as a handful of unrelated
-tokens, so the sanitizer, which reads the encoder's output, sees noise there. Where the host
-has the prompt's text, the text is undisguised ("nude", "slashed", "naked"), the plain text
-is encoded and scored, and each undisguised span's score replaces the scores of the rows that
-spell it as typed. The erasure still acts on the prompt's own embedding with its own deltas,
-and every other row keeps its own score: a prompt without a disguise is sanitized exactly as
-before. Read plainly, a harmless disguise ("h3ll0", "s.t.a.n.d.i.n.g") is harmless too, where
-the encoder's reading of its stray letters and digits is noise that sometimes looks unsafe.
+tokens, and "nakde" as pieces of nothing, so the sanitizer, which reads the encoder's output,
+sees noise there. Where the host has the prompt's text, the text is read plainly ("nude",
+"slashed", "naked"), the plain text is encoded and scored, and each changed span's score is
+given to the rows that spell it as typed. The erasure still acts on the prompt's own
+embedding with its own deltas, and every other row keeps its own score: a prompt without a
+disguise is sanitized exactly as before.
+
+A spaced-out or look-alike span is certainly a disguise, so its plain score replaces the
+rows' own: read plainly, a harmless one ("h3ll0", "s.t.a.n.d.i.n.g") is harmless too, where
+the encoder's reading of stray letters is noise that sometimes looks unsafe. A word missing
+from the spelling lists may be a misspelling or a rare word ("starkers"), so there the rows
+keep the larger of the two scores.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
@@ -37,6 +45,43 @@ _MEASURE = re.compile(r"\d{2,}[A-Za-z]+")
 _WORD = re.compile(r"(?:[A-Za-z0-9@$!]|\(\))*(?:[A-Za-z0-9@$]|\(\))")
 _LOOKALIKE = re.compile(r"[01345789@$!]|\(\)")
 _VOWELS = set("aeiouAEIOU")
+# A misspelled word: four letters or more, in neither word list (data/*_words.txt).
+# Past this many unknown words a prompt's spelling is not looked at further: each costs a few
+# hundred look-ups.
+_LETTERS = re.compile(r"(?<![\w@$!])[A-Za-z]{4,20}(?![\w@$!])")
+MAX_UNKNOWN_WORDS = 200
+_ALPHABET = "abcdefghijklmnopqrstuvwxyz"
+
+
+def _words(name: str) -> list[str]:
+    return (Path(__file__).resolve().parent / "data" / name).read_text(encoding="utf-8").split()
+
+
+@lru_cache(maxsize=1)
+def spelling_ranks() -> dict[str, int]:
+    """What a misspelling is read back to: word -> rank, commonest first (tools/make_spelling_words.py)."""
+    return {word: rank for rank, word in enumerate(_words("spelling_words.txt"))}
+
+
+@lru_cache(maxsize=1)
+def known_words() -> frozenset[str]:
+    """Every word that is spelled right as it is."""
+    return frozenset(spelling_ranks()) | frozenset(_words("known_words.txt"))
+
+
+def respelled(word: str) -> Optional[str]:
+    """The commonest listed word one edit away (a letter dropped, doubled, swapped, replaced or
+    added: "nakde", "nudde", "stret"), or None for a known word or one with no such neighbour."""
+    ranks, word = spelling_ranks(), word.lower()
+    if word in known_words():
+        return None
+    splits = [(word[:i], word[i:]) for i in range(len(word) + 1)]
+    near = {a + b[1:] for a, b in splits if b}
+    near |= {a + b[1] + b[0] + b[2:] for a, b in splits if len(b) > 1}
+    near |= {a + c + b[1:] for a, b in splits if b for c in _ALPHABET}
+    near |= {a + c + b for a, b in splits for c in _ALPHABET}
+    known = [w for w in near if w in ranks]
+    return min(known, key=ranks.__getitem__) if known else None
 
 
 def _one(before: str, after: str) -> str:
@@ -59,6 +104,7 @@ def _plain_word(word: str) -> str:
 class Span:
     typed: tuple[int, int]       # characters of the text as typed
     plain: tuple[int, int]       # the same span's characters in the plain text
+    certain: bool = True         # a disguise for sure (spacing, look-alikes), not a possible misspelling
 
 
 @dataclass(frozen=True)
@@ -78,41 +124,62 @@ def _run_edit(match: re.Match, separator: str) -> tuple[int, int, str]:
 
 def undisguise(text: str) -> Optional[Undisguised]:
     """The plain reading of `text` and where it differs, or None when nothing is disguised."""
-    edits: list[tuple[int, int, str]] = []
+    edits: list[tuple[int, int, str, bool]] = []
 
     def free(start, end):
-        return all(end <= a or b <= start for a, b, _ in edits)
+        return all(end <= a or b <= start for a, b, _, _ in edits)
 
     for separator, pattern in zip(".-_ ", _RUNS):
         for match in pattern.finditer(text):
             start, end, joined = _run_edit(match, separator)
             if free(start, end):
-                edits.append((start, end, joined))
+                edits.append((start, end, joined, True))
     for match in _WORD.finditer(text):
         word = match.group()
         if sum(c.isalpha() for c in word) >= 2 and _LOOKALIKE.search(word) and not _MEASURE.fullmatch(word) \
                 and free(match.start(), match.end()):
-            edits.append((match.start(), match.end(), _plain_word(word)))
+            edits.append((match.start(), match.end(), _plain_word(word), True))
+    unknown = 0
+    for match in _LETTERS.finditer(text):
+        if unknown >= MAX_UNKNOWN_WORDS:
+            break
+        if match.group().lower() in known_words() or not free(match.start(), match.end()):
+            continue
+        unknown += 1
+        plain = respelled(match.group())
+        if plain is not None:
+            edits.append((match.start(), match.end(), plain, False))
     if not edits:
         return None
     edits.sort()
     pieces, spans, cursor, length = [], [], 0, 0
-    for start, end, new in edits[:MAX_SPANS]:
+    for start, end, new, certain in edits[:MAX_SPANS]:
         length += start - cursor
         pieces += [text[cursor:start], new]
-        spans.append(Span((start, end), (length, length + len(new))))
+        spans.append(Span((start, end), (length, length + len(new)), certain))
         length += len(new)
         cursor = end
     pieces.append(text[cursor:])
     return Undisguised(text, "".join(pieces), tuple(spans))
 
 
+@dataclass
+class PlainReading:
+    """What the text says of some rows of its embedding, for `EmbeddingSanitizer.sanitize`."""
+    rows: torch.Tensor        # (B, T) bool: rows a changed span covers
+    replace: torch.Tensor     # (B, T) bool: of those, the ones whose own score is discarded
+    scores: torch.Tensor      # (B, T, C) float32: each span's scores read plainly
+
+    def repeat(self, batch: int) -> "PlainReading":
+        """The reading of one text for a batch of images of it."""
+        return PlainReading(*(t.expand(batch, *t.shape[1:]) for t in (self.rows, self.replace, self.scores)))
+
+
 @torch.no_grad()
-def plain_reading(model, encoder, texts: Sequence[str], rows: int) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
-    """What `model.sanitize(..., plain_reading=)` takes for the rows of `encoder.encode([text])`:
-    (B, rows) bool, the rows that a disguised span covers, and (B, rows, C) float32, each
-    span's scores read plainly (the largest over its plain tokens). None when no text holds a
-    disguise, so that nothing is encoded twice.
+def plain_reading(model, encoder, texts: Sequence[str], rows: int) -> Optional[PlainReading]:
+    """The plain reading of the rows of `encoder.encode([text])` for each text: each changed
+    span's scores are the largest over its plain tokens. None when no text holds a disguise,
+    so that nothing is encoded twice.
 
     `encoder` needs `encode(prompts)` and `span_positions(text, start, end)` (TextEncoder)."""
     found = [(i, u) for i, u in enumerate(map(undisguise, texts)) if u is not None]
@@ -121,13 +188,15 @@ def plain_reading(model, encoder, texts: Sequence[str], rows: int) -> Optional[t
     plain = encoder.encode([u.plain for _, u in found])
     device = next(model.parameters()).device
     scores, _, _ = model(plain.embedding.to(device), plain.attention_mask.to(device))
-    covered = torch.zeros(len(texts), rows, dtype=torch.bool)
-    read = torch.zeros(len(texts), rows, len(model.concepts))
+    reading = PlainReading(torch.zeros(len(texts), rows, dtype=torch.bool),
+                           torch.zeros(len(texts), rows, dtype=torch.bool),
+                           torch.zeros(len(texts), rows, len(model.concepts)))
     for (i, u), plain_scores in zip(found, scores.float().cpu()):
         for span in u.spans:
             typed_rows = [r for r in encoder.span_positions(u.text, *span.typed) if r < rows]
             plain_rows = [r for r in encoder.span_positions(u.plain, *span.plain) if r < len(plain_scores)]
             if typed_rows and plain_rows:
-                covered[i, typed_rows] = True
-                read[i, typed_rows] = plain_scores[plain_rows].amax(0)
-    return (covered, read) if covered.any() else None
+                reading.rows[i, typed_rows] = True
+                reading.replace[i, typed_rows] = span.certain
+                reading.scores[i, typed_rows] = plain_scores[plain_rows].amax(0)
+    return reading if reading.rows.any() else None

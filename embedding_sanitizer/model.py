@@ -248,10 +248,10 @@ class EmbeddingSanitizer(nn.Module):
                  intensity: float = 1.0, threshold: float = 0.0,
                  concepts: Optional[Iterable[str]] = None,
                  attention_mask: Optional[torch.Tensor] = None,
-                 plain_reading: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> SanitizeResult:
-        """`plain_reading`, where given, is (rows (B, T) bool, scores (B, T, C)): the scores of those
-        rows as the prompt's text reads plainly, which replace the embedding's own before they
-        gate (disguise.plain_reading: "n u d e" scored as "nude")."""
+                 plain_reading=None) -> SanitizeResult:
+        """`plain_reading` (disguise.PlainReading), where given, is what the prompt's text says of
+        some rows ("n u d e" scored as "nude"): before the scores gate, its scores replace the
+        rows' own where it says so, and elsewhere in its rows the larger of the two is kept."""
         intensity, threshold = validation.intensity(intensity), validation.threshold(threshold)
         concepts = validation.concepts(concepts, self.concepts)
         if not embedding.is_floating_point():
@@ -264,13 +264,7 @@ class EmbeddingSanitizer(nn.Module):
         scores, delta, pooled_delta = self(embedding.to(own_device), attention_mask)
         validation.require_finite("the sanitizer's output", scores, delta, pooled_delta)
         if plain_reading is not None:
-            rows, read = plain_reading
-            if read.shape != scores.shape or rows.shape != scores.shape[:2]:
-                raise SanitizerShapeError(f"a plain reading of shape {tuple(rows.shape)}, {tuple(read.shape)} "
-                                          f"does not fit the scores {tuple(scores.shape)}")
-            validation.require_finite("the plain reading's scores", read)
-            scores = torch.where(rows.to(own_device, torch.bool).unsqueeze(-1),
-                                 read.to(own_device, scores.dtype).clamp(0.0, 1.0), scores)
+            scores = self._read_plainly(scores, plain_reading)
         gates = self.gates_from_scores(scores, self.concept_mask(concepts), intensity, threshold,
                                        attention_mask)
         out_device, out_dtype = embedding.device, embedding.dtype
@@ -288,6 +282,17 @@ class EmbeddingSanitizer(nn.Module):
         validation.require_finite("the sanitized embedding", new_embedding, new_pooled)
         return SanitizeResult(new_embedding, new_pooled, scores.to(out_device), gates.to(out_device),
                               self.concepts)
+
+    @staticmethod
+    def _read_plainly(scores: torch.Tensor, reading) -> torch.Tensor:
+        rows, replace, read = reading.rows, reading.replace, reading.scores
+        if read.shape != scores.shape or rows.shape != scores.shape[:2] or replace.shape != rows.shape:
+            raise SanitizerShapeError(f"a plain reading of shape {tuple(read.shape)} does not fit the scores "
+                                      f"{tuple(scores.shape)}")
+        validation.require_finite("the plain reading's scores", read)
+        read = read.to(scores.device, scores.dtype).clamp(0.0, 1.0)
+        rows, replace = (t.to(scores.device, torch.bool).unsqueeze(-1) for t in (rows, replace))
+        return torch.where(replace, read, torch.where(rows, torch.maximum(scores, read), scores))
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -114,8 +114,7 @@ def sanitize_conditioning(conditioning, model, intensity: float, threshold: floa
             result = model.sanitize(embedding, use_pooled, intensity=intensity, threshold=threshold,
                                     concepts=concepts,
                                     attention_mask=valid_rows(embedding, extras.get("attention_mask")),
-                                    plain_reading=None if reading is None else
-                                    tuple(t.expand(embedding.shape[0], *t.shape[1:]) for t in reading))
+                                    plain_reading=reading and reading.repeat(embedding.shape[0]))
         except SanitizerShapeError as exc:
             raise _mismatch(model, embedding, _width_source(embedding.shape[-1]), str(exc)) from None
         new_extras = extras.copy()

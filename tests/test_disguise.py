@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from embedding_sanitizer import EmbeddingSanitizer, SanitizerConfig, SanitizerShapeError
-from embedding_sanitizer.disguise import MAX_SPANS, plain_reading, undisguise
+from embedding_sanitizer.disguise import MAX_SPANS, PlainReading, plain_reading, respelled, undisguise
 
 PLAIN = {
     "a n u d e woman": "a nude woman",
@@ -17,9 +17,11 @@ PLAIN = {
     "ki1l1ng b1ood s1ut n1pple p3acefu1 1us7ful 1n7ercour$e": "killing blood slut nipple peaceful lustful intercourse",
     "7or7ure ()rgy brea$t$ amazing!": "torture orgy breasts amazing!",
     "(n u d e:1.2), 5ex": "(nude:1.2), sex",
+    # A misspelling reads as the commonest word one edit away.
+    "a nakde woman in a stret at nigth": "a naked woman in a street at night",
 }
 UNDISGUISED = ["a photo of a cat", "8k, 35mm, 1990s, 2021, 4k uhd", "masterpiece, best quality, 2girls, 3d",
-               "a dog, a cat"]
+               "a dog, a cat", "lewd, by alphonse mucha and greg rutkowski, bouguereau"]
 
 
 @pytest.mark.parametrize("typed", PLAIN)
@@ -41,8 +43,15 @@ def test_numbers_tags_and_plain_words_hold_no_disguise(text):
     assert undisguise(text) is None
 
 
+def test_only_a_possible_misspelling_is_uncertain():
+    found = undisguise("a n4k3d woman, toppless")
+    assert [s.certain for s in found.spans] == [True, False]
+    assert respelled("topless") is None and respelled("xqzvw") is None
+
+
 def test_a_hostile_prompt_is_read_through_its_first_spans_only_and_quickly():
-    text = " ".join(["h3ll0"] * 5000) + " n4k3d"
+    text = " ".join(["h3ll0"] * 5000 + ["qwzrtplk"] * 5000) + " n4k3d"
+    undisguise("warm up the word lists")
     started = time.perf_counter()
     found = undisguise(text)
     assert time.perf_counter() - started < 2.0
@@ -75,28 +84,34 @@ def letter_model():
 
 
 def test_plain_reading_gives_each_typed_span_its_plain_scores_and_only_those_rows():
-    model, encoder, typed = letter_model(), Letters(), "a n u d e cat"
-    rows, read = plain_reading(model, encoder, [typed, "a dog"], rows=20)
-    plain_scores, _, _ = model(encoder.encode(["a nude cat"]).embedding)
-    assert rows[0].nonzero().flatten().tolist() == list(range(3, 10))     # "n u d e", after the start row
-    assert not rows[1].any()                                              # nothing disguised in "a dog"
-    torch.testing.assert_close(read[0, 3], plain_scores[0, 3:7].amax(0))
-    assert plain_reading(model, encoder, ["a dog", "a cat"], rows=20) is None
+    model, encoder, typed = letter_model(), Letters(), "a n u d e cat, toppless"
+    reading = plain_reading(model, encoder, [typed, "a dog"], rows=30)
+    plain_scores, _, _ = model(encoder.encode(["a nude cat, topless"]).embedding)
+    misspelled = list(range(1 + typed.index("toppless"), 1 + len(typed)))
+    assert reading.rows[0].nonzero().flatten().tolist() == list(range(3, 10)) + misspelled
+    assert reading.replace[0].nonzero().flatten().tolist() == list(range(3, 10))   # "n u d e" only
+    assert not reading.rows[1].any()                                            # nothing disguised in "a dog"
+    torch.testing.assert_close(reading.scores[0, 3], plain_scores[0, 3:7].amax(0))
+    assert plain_reading(model, encoder, ["a dog", "a cat"], rows=30) is None
 
 
-def test_sanitize_takes_the_plain_reading_for_its_rows_only():
+def test_sanitize_replaces_certain_rows_raises_uncertain_ones_and_leaves_the_rest():
     model, encoder = letter_model(), Letters()
     with torch.no_grad():
         model.score_head.bias.fill_(0.0)
     batch = encoder.encode(["a n u d e cat"])
-    own = model.sanitize(batch.embedding, attention_mask=batch.attention_mask)
+    own = model.sanitize(batch.embedding, attention_mask=batch.attention_mask).scores
     rows = torch.zeros(1, batch.embedding.shape[1], dtype=torch.bool)
     rows[0, 3:10] = True
-    read = torch.full(own.scores.shape, 0.9)
-    result = model.sanitize(batch.embedding, attention_mask=batch.attention_mask, plain_reading=(rows, read))
-    assert torch.equal(result.scores[0, 3:10], read[0, 3:10])
-    assert torch.equal(result.scores[0, :3], own.scores[0, :3]) and torch.equal(result.scores[0, 10:], own.scores[0, 10:])
+    replace = rows.clone()
+    replace[0, 6:10] = False
+    read = torch.full(own.shape, float(own[0, 3:10].mean()))
+    reading = PlainReading(rows, replace, read)
+    scores = model.sanitize(batch.embedding, attention_mask=batch.attention_mask, plain_reading=reading).scores
+    assert torch.equal(scores[0, 3:6], read[0, 3:6])
+    assert torch.equal(scores[0, 6:10], torch.maximum(own[0, 6:10], read[0, 6:10]))
+    assert torch.equal(scores[0, :3], own[0, :3]) and torch.equal(scores[0, 10:], own[0, 10:])
     with pytest.raises(SanitizerShapeError, match="plain reading"):
-        model.sanitize(batch.embedding, plain_reading=(rows[:, :5], read))
+        model.sanitize(batch.embedding, plain_reading=PlainReading(rows[:, :5], replace[:, :5], read[:, :5]))
     with pytest.raises(ValueError, match="NaN"):
-        model.sanitize(batch.embedding, plain_reading=(rows, torch.full_like(read, float("nan"))))
+        model.sanitize(batch.embedding, plain_reading=PlainReading(rows, replace, torch.full_like(read, float("nan"))))

@@ -224,11 +224,12 @@ def test_disguised_words_are_read_plainly_through_the_webui_encoder(host, monkey
     result = p._embedding_sanitizer["ledger"].results[0][1]
     model = host.mod.load("sd1.safetensors", "cpu")
     reader = W.WebuiTextReader(get_learned_conditioning, engine.tokenize_line, {engine.id_start, engine.id_end})
-    rows, read = plain_reading(model, reader, [p.prompt], 77)
+    reading = plain_reading(model, reader, [p.prompt], 77)
+    read = reading.scores
     own = model.sanitize(p.a.unsqueeze(0)).scores
-    span = rows[0].nonzero().flatten()
-    assert len(span) >= 1 and not torch.equal(read[0, span], own[0, span])
+    span = reading.rows[0].nonzero().flatten()
+    assert len(span) >= 1 and reading.replace[0, span].all() and not torch.equal(read[0, span], own[0, span])
     torch.testing.assert_close(result.scores[0, span], read[0, span])
-    outside = ~rows[0]
+    outside = ~reading.rows[0]
     torch.testing.assert_close(result.scores[0, outside], own[0, outside])
     assert p.uc[0][0].cond is p.neg
