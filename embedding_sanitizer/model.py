@@ -25,6 +25,13 @@ from . import validation
 # token's gate follow its score, however small.
 DEFAULT_THRESHOLD = 0.5
 
+# Every valid row of a prompt the sanitizer changes gets at least this share of its largest
+# gate: in a contextual encoder the other rows carry the concept too (the erasure loss trains
+# their corrections), and with only the flagged words changed, an independent probe still read
+# 70% of the erased I2P nudity prompts as unsafe (30% with the spread). Below ERASED_GATE (0.5),
+# so the reports still name only the flagged words as erased.
+GATE_SPREAD = 0.4
+
 # A prompt-level weight this large (logits per benign spread, or times the probe's logit)
 # already decides a prompt on its own.
 MAX_PROMPT_WEIGHT = 16.0
@@ -243,6 +250,14 @@ class EmbeddingSanitizer(nn.Module):
             gates = gates.masked_fill(~attention_mask.to(gates.device, torch.bool), 0.0)
         return gates
 
+    @staticmethod
+    def spread_gates(gates, attention_mask=None):
+        """g_t = max(g_t, GATE_SPREAD * max_u g_u) over valid rows: a changed prompt changes throughout."""
+        spread = torch.maximum(gates, GATE_SPREAD * gates.amax(dim=1, keepdim=True))
+        if attention_mask is not None:
+            spread = spread.masked_fill(~attention_mask.to(gates.device, torch.bool), 0.0)
+        return spread
+
     @torch.no_grad()
     def sanitize(self, embedding: torch.Tensor, pooled: Optional[torch.Tensor] = None, *,
                  intensity: float = 1.0, threshold: float = 0.0,
@@ -265,8 +280,8 @@ class EmbeddingSanitizer(nn.Module):
         validation.require_finite("the sanitizer's output", scores, delta, pooled_delta)
         if plain_reading is not None:
             scores = self._read_plainly(scores, plain_reading)
-        gates = self.gates_from_scores(scores, self.concept_mask(concepts), intensity, threshold,
-                                       attention_mask)
+        gates = self.spread_gates(self.gates_from_scores(scores, self.concept_mask(concepts), intensity, threshold,
+                                                         attention_mask), attention_mask)
         out_device, out_dtype = embedding.device, embedding.dtype
         correction = (gates.unsqueeze(-1) * delta).to(out_device, out_dtype)
         touched = (gates > 0).unsqueeze(-1).to(out_device)

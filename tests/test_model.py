@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from embedding_sanitizer import EmbeddingSanitizer, SanitizerConfig, SanitizerShapeError
+from embedding_sanitizer import model as model_module
 
 
 def make(**kw):
@@ -88,7 +89,8 @@ def test_dtype_shape_kept_and_input_not_modified(dtype):
     assert torch.allclose(out.pooled.double(), p.double() + 0.7, atol=2e-2)
 
 
-def test_chunks_are_processed_independently():
+def test_chunks_are_processed_independently(monkeypatch):
+    monkeypatch.setattr(model_module, "GATE_SPREAD", 0.0)     # the spread reads the whole prompt, by design
     model = make(chunk_length=8)
     with torch.no_grad():
         model.sanitize_head.weight.normal_()
@@ -100,8 +102,9 @@ def test_chunks_are_processed_independently():
     assert torch.allclose(both.scores[:, 8:], alone.scores, atol=1e-5)
 
 
-def test_whole_sequences_longer_than_the_position_table_are_read_in_windows():
+def test_whole_sequences_longer_than_the_position_table_are_read_in_windows(monkeypatch):
     # T5 / LLM rows have no fixed length; a sanitizer with 16 positions reads 40 rows as 16 + 16 + 8.
+    monkeypatch.setattr(model_module, "GATE_SPREAD", 0.0)
     model = make(pooled_dim=8)
     with torch.no_grad():
         model.sanitize_head.weight.normal_()
@@ -121,6 +124,26 @@ def test_whole_sequences_longer_than_the_position_table_are_read_in_windows():
     masked = model.sanitize(longer, p, attention_mask=mask)
     assert torch.allclose(masked.embedding[:, :40], whole.embedding, atol=1e-5)
     assert torch.allclose(masked.pooled, whole.pooled, atol=1e-5)
+
+
+def test_a_changed_prompt_changes_throughout_and_an_unchanged_one_not_at_all():
+    model = make()
+    fix_delta(model)
+    with torch.no_grad():
+        model.score_head.weight.zero_()
+    e = torch.randn(2, 6, 32)
+    # Prompt 0: one token over the threshold; prompt 1: none. Position 5 of prompt 0 is padding.
+    logits = torch.full((2, 6, 2), -4.0)
+    logits[0, 2, 0] = 4.0
+    with torch.no_grad():
+        scores = torch.sigmoid(logits)
+    mask = torch.tensor([[True] * 5 + [False], [True] * 6])
+    gates = model.spread_gates(model.gates_from_scores(scores, torch.ones(2, dtype=torch.bool), 1.0, 0.5, mask), mask)
+    top = float(scores[0, 2, 0])
+    assert gates[0, 2] == pytest.approx(top)
+    assert torch.allclose(gates[0, [0, 1, 3, 4]], torch.full((4,), model_module.GATE_SPREAD * top))
+    assert gates[0, 5] == 0 and gates[1].max() == 0
+    assert model_module.GATE_SPREAD < 0.5       # the report's "erased" (gate >= 0.5) names the flagged word only
 
 
 def test_padding_is_masked_and_left_unchanged():
