@@ -4,11 +4,12 @@
   words of the CLIP BPE vocabulary (open-clip-torch, read through encoders.clip_tokenizer,
   whose ids follow the merges in frequency order) that are words of MiniLM's vocabulary or
   of the shipped captions too (CLIP's list also holds word endings such as "ood" or "iling"),
-  then the words of the built-in concepts' training terms and of the captions that BPE splits
-  ("decapitated"). Unlike benign_words.txt it keeps the unsafe words: they are what a
-  misspelling of a concept's term must be read back to.
-- known_words.txt: the other words that are spelled right as they are (the rest of both
-  vocabularies), so that a rare word ("lewd", "mucha") is never taken for a misspelling.
+  then the words of the built-in concepts' training terms that BPE splits ("decapitated").
+  Unlike benign_words.txt it keeps the unsafe words: they are what a misspelling of a
+  concept's term must be read back to.
+- known_words.txt: the other words that are left as they are typed (the rest of both
+  vocabularies and the captions' words, typos included), so that a rare word ("lewd",
+  "mucha") is never taken for a misspelling, and nothing is respelled into a caption's typo.
 
     python tools/make_spelling_words.py
 """
@@ -39,9 +40,9 @@ def main():
     bert = {w for w in minilm.read_text(encoding="utf-8").split() if WORD.fullmatch(w)}
     captions = {w for w in caption_words() if WORD.fullmatch(w)}
     terms = {w for c in builtin_concepts().values() for t in c.train_terms for w in WORD.findall(t.lower())}
-    targets = list(dict.fromkeys([w for w in clip if w in bert | captions] + sorted(terms) + sorted(captions)))
+    targets = list(dict.fromkeys([w for w in clip if w in bert | captions] + sorted(terms)))
     write("spelling_words.txt", targets)
-    write("known_words.txt", sorted((set(clip) | bert) - set(targets)))
+    write("known_words.txt", sorted((set(clip) | bert | captions) - set(targets)))
 
 
 if __name__ == "__main__":
