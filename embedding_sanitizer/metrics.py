@@ -6,6 +6,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from .disguise import plain_reading
 from .model import token_scores
 
 # A prompt counts as changed ("touched") when any of its gates exceeds this.
@@ -51,12 +52,15 @@ def tpr_at_fpr(positive, negative, fpr: float = 0.01) -> float:
 @torch.no_grad()
 def prompt_stats(model, encoder, prompts: Sequence[str], batch: int = 64, intensity: float = 1.0,
                  threshold: float = 0.0) -> dict:
-    """Per prompt: prompt score, cosine of sanitized to original embedding, largest gate."""
+    """Per prompt: prompt score, cosine of sanitized to original embedding, largest gate. Each
+    prompt is read through its disguises too, as the hosts read it."""
     scores, cosines, max_gates = [], [], []
     for start in range(0, len(prompts), batch):
-        b = encoder.encode(list(prompts[start:start + batch]))
+        chunk = list(prompts[start:start + batch])
+        b = encoder.encode(chunk)
         result = model.sanitize(b.embedding, b.pooled, intensity=intensity, threshold=threshold,
-                                attention_mask=b.attention_mask)
+                                attention_mask=b.attention_mask,
+                                plain_reading=plain_reading(model, encoder, chunk, b.embedding.shape[1]))
         scores.append(prompt_scores(result.scores, b.real_mask))
         cosines.append(embedding_cosine(result.embedding, b.embedding, b.attention_mask))
         max_gates.append(result.gates.amax(dim=1))
