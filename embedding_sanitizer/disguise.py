@@ -31,7 +31,7 @@ LOOKALIKES = {"0": "o", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "9": "
               "@": "a", "$": "s", "!": "i", "()": "o"}
 # A prompt past this many disguised spans is read through its first ones only: each span
 # costs a few tokenizations of the prompt, and a hostile prompt could hold thousands.
-MAX_SPANS = 64
+MAX_SPANS = 32
 
 _CHAR = r"[A-Za-z0-9@$!]"
 # Three or more single characters split by one separator, standing alone: "n u d e", "g.o.r.e".

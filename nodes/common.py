@@ -134,7 +134,8 @@ def sanitize_conditioning(conditioning, model, intensity: float, threshold: floa
                        "cosine": round(float(cosines[b]), 6), "concepts": list(result.concepts),
                        "tokens": token_entries(report)})
     if clip is None or text is None:
-        texts.append("note: connect clip and text to label the scores with the prompt's tokens")
+        texts.append("note: connect clip and text to label the scores with the prompt's tokens and read its "
+                     "disguised words")
     elif not all(u["labelled"] for u in ui):
         texts.append("note: the text does not match the conditioning's rows; tokens shown by position")
     if reader.note:

@@ -99,7 +99,9 @@ class EmbeddingSanitizerApply:
                 "clip": ("CLIP", {"tooltip": "Optional: the CLIP that encoded the text, to label the scores with "
                                              "its tokens and to check the sanitizer was trained for it."}),
                 "text": ("STRING", {"forceInput": True, "default": "",
-                                    "tooltip": "Optional: the prompt text that was encoded, to label the scores."}),
+                                    "tooltip": "Optional: the prompt text that was encoded, to label the scores and to "
+                                               "read spaced-out, look-alike and misspelled words as the "
+                                               "words they spell (with clip)."}),
             },
         }
 
