@@ -129,6 +129,11 @@ def privatize_caches(p):
             setattr(p, attr, [None] * len(cache))
 
 
+def special_ids(engine) -> set:
+    """The text engine's BOS, EOS and padding ids: the rows that hold no prompt token."""
+    return {getattr(engine, a, None) for a in ("id_start", "id_end", "id_pad")} - {None}
+
+
 def text_engine(sd_model):
     """The webui's CLIP(-L) prompt tokenizer (A1111 hijack wrapper / Forge engine), or None."""
     for name in ("text_processing_engine", "text_processing_engine_l"):   # Forge
@@ -328,7 +333,7 @@ class EmbeddingSanitizerScript(scripts.Script):
             device = (first["crossattn"] if isinstance(first, dict) else first).device
             model = load(state["weights"], device)
             pooled_dim = W.POOLED_IN_VECTOR.get(model.config.encoder_family, 0)
-            reader, texts = self.text_reading(p, c, stage)
+            reader, texts = self.text_reading(p, stage)
 
             def fn(emb, pooled, text):
                 reading = plain_reading(model, reader, [text], emb.shape[1]) if reader and text else None
@@ -362,7 +367,7 @@ class EmbeddingSanitizerScript(scripts.Script):
              "prompt": first_prompt(p)})
 
     @staticmethod
-    def text_reading(p, c, stage):
+    def text_reading(p, stage):
         """(the webui's encoder as disguise.plain_reading reads it, each schedule entry's text), or
         (None, None) where they cannot be had: then the conds are sanitized on their own reading."""
         try:
@@ -374,8 +379,8 @@ class EmbeddingSanitizerScript(scripts.Script):
             prompts = prompts or getattr(p, "prompts", None) or [p.prompt]
             steps = (getattr(p, "hr_second_pass_steps", 0) or p.steps) if stage == "hires" else p.steps
             texts = W.schedule_texts([str(t) for t in prompts], steps, prompt_parser)
-            specials = {getattr(engine, a, None) for a in ("id_start", "id_end", "id_pad")} - {None}
-            return W.WebuiTextReader(p.sd_model.get_learned_conditioning, engine.tokenize_line, specials), texts
+            reader = W.WebuiTextReader(p.sd_model.get_learned_conditioning, engine.tokenize_line, special_ids(engine))
+            return reader, texts
         except Exception as e:
             log({"event": "text-reading-unavailable", "error": repr(e)})
             return None, None
@@ -386,14 +391,12 @@ class EmbeddingSanitizerScript(scripts.Script):
         try:
             engine = text_engine(p.sd_model)
             from modules import prompt_parser
-            _, parts, _ = prompt_parser.get_multicond_prompt_list([first_prompt(p)])
-            steps = getattr(p, "steps", 20)
-            schedules = prompt_parser.get_learned_conditioning_prompt_schedules(parts, steps)
+            parts = W.schedule_texts([first_prompt(p)], getattr(p, "steps", 20), prompt_parser)
             tok = getattr(engine, "tokenizer", None)
-            specials = {getattr(engine, a, None) for a in ("id_start", "id_end", "id_pad")} - {None}
+            specials = special_ids(engine)
             html_parts, erased = [], 0
-            for composable, part in zip(c.batch[0], schedules):
-                for entry, (_, text) in zip(composable.schedules, part):
+            for composable, texts in zip(c.batch[0], parts):
+                for entry, text in zip(composable.schedules, texts):
                     result = state["ledger"].result_for(entry.cond)
                     if result is None:
                         continue

@@ -233,3 +233,6 @@ def test_disguised_words_are_read_plainly_through_the_webui_encoder(host, monkey
     outside = ~reading.rows[0]
     torch.testing.assert_close(result.scores[0, outside], own[0, outside])
     assert p.uc[0][0].cond is p.neg
+    # The token display reads the same schedule texts.
+    shown = host.mod.DISPLAYS.get(p.prompt, p.extra_generation_params[W.INFOTEXT_KEY])
+    assert shown is not None and "a photo of a n4k3d woman" in shown
