@@ -158,11 +158,12 @@ class _DisguiseReader:
         if self.encoder is None:
             try:
                 self.encoder = ComfyTextEncoder(self.clip)
-            except ValueError as exc:      # an encoder whose rows are its own: its tokens cannot be found
+            except ValueError:      # an encoder whose rows are its own: its tokens cannot be found
                 self.disguised = False
-                self.note = f"note: the disguised words of the text were not read plainly ({exc})"
+                self.note = ("note: disguised words were not read plainly: this text encoder's rows cannot be "
+                             "matched to its tokens")
                 return None
-            self.note = "note: disguised words (spaced-out letters, look-alikes) were also read plainly"
+            self.note = "note: disguised and misspelled words were also read plainly"
         return plain_reading(self.model, self.encoder, [self.text], rows)
 
 
