@@ -343,12 +343,13 @@ class SanitizeLedger:
 
 
 def sanitize_prompt_schedules(conditioning, fn: Callable, ledger: SanitizeLedger, pooled_dim: int = 0,
-                              texts: Optional[Sequence[Sequence[str]]] = None) -> int:
+                              texts: Optional[Sequence[Sequence[tuple[int, str]]]] = None) -> int:
     """Replace every schedule entry's cond with fn's sanitized version, in place in the lists.
 
     fn(embedding (1,T,D), pooled (1,P) or None, text or None) -> SanitizeResult, where `texts`
-    (schedule_texts) gives each entry's prompt text. Returns how many distinct conds were
-    newly sanitized. Entries already sanitized (same object) are skipped; an original met
+    (schedule_texts) gives each entry's (end_at_step, prompt text); an entry that does not end
+    where its text does was not built from it, and gets None. Returns how many distinct conds
+    were newly sanitized. Entries already sanitized (same object) are skipped; an original met
     again is replaced by its earlier result without calling fn.
     """
     count = 0
@@ -356,8 +357,8 @@ def sanitize_prompt_schedules(conditioning, fn: Callable, ledger: SanitizeLedger
     if texts is None or len(texts) != len(lists):
         texts = [()] * len(lists)
     for schedules, entry_texts in zip(lists, texts):
-        if len(entry_texts) != len(schedules):      # the schedules were not built from these texts
-            entry_texts = [None] * len(schedules)
+        if len(entry_texts) != len(schedules):
+            entry_texts = [(None, None)] * len(schedules)
         for i, entry in enumerate(schedules):
             cond = entry.cond
             key = _key(cond)
@@ -365,7 +366,8 @@ def sanitize_prompt_schedules(conditioning, fn: Callable, ledger: SanitizeLedger
                 continue
             if key not in ledger.done:
                 emb, pooled = cond_to_tensors(cond, pooled_dim)
-                result = fn(emb, pooled, entry_texts[i])
+                end, text = entry_texts[i]
+                result = fn(emb, pooled, text if end == entry.end_at_step else None)
                 new = tensors_to_cond(cond, result.embedding, result.pooled)
                 ledger.done[key] = (cond, new)
                 ledger.produced.add(_key(new))
@@ -376,15 +378,17 @@ def sanitize_prompt_schedules(conditioning, fn: Callable, ledger: SanitizeLedger
     return count
 
 
-def schedule_texts(prompts: Sequence[str], steps: int, parser) -> list[list[str]]:
-    """The prompt text of every schedule entry of the positive conditioning the webui builds from
-    `prompts`, in schedule_lists' order: per image, per AND-part, per schedule. `parser` is the
-    webui's modules.prompt_parser."""
+def schedule_texts(prompts: Sequence[str], parser, steps: int, hires_steps: Optional[int] = None,
+                   use_old_scheduling: bool = False) -> list[list[tuple[int, str]]]:
+    """(end_at_step, prompt text) of every schedule entry of the positive conditioning the webui
+    builds from `prompts` with these steps, in schedule_lists' order: per image, per AND-part,
+    per schedule. `parser` is the webui's modules.prompt_parser."""
+    extra = () if hires_steps is None and not use_old_scheduling else (hires_steps, use_old_scheduling)
     out = []
     for prompt in prompts:
         parts, flat, _ = parser.get_multicond_prompt_list([prompt])
-        schedules = parser.get_learned_conditioning_prompt_schedules(flat, steps)
-        out += [[text for _, text in schedules[index]] for index, _ in parts[0]]
+        schedules = parser.get_learned_conditioning_prompt_schedules(flat, steps, *extra)
+        out += [[(end, text) for end, text in schedules[index]] for index, _ in parts[0]]
     return out
 
 

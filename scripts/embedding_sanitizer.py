@@ -129,6 +129,16 @@ def privatize_caches(p):
             setattr(p, attr, [None] * len(cache))
 
 
+def schedule_steps(p, stage: str) -> tuple:
+    """The steps the webui built a stage's prompt schedules with (processing.setup_conds): the
+    sampler's total steps, and for the hires pass its own total after them."""
+    first = getattr(p, "firstpass_steps", None) or p.steps
+    hires = None
+    if stage == "hires":
+        hires = (getattr(p, "hr_second_pass_steps", 0) or p.steps) * getattr(p, "step_multiplier", 1)
+    return first, hires, bool(getattr(shared.opts, "use_old_scheduling", False))
+
+
 def special_ids(engine) -> set:
     """The text engine's BOS, EOS and padding ids: the rows that hold no prompt token."""
     return {getattr(engine, a, None) for a in ("id_start", "id_end", "id_pad")} - {None}
@@ -371,16 +381,18 @@ class EmbeddingSanitizerScript(scripts.Script):
         """(the webui's encoder as disguise.plain_reading reads it, each schedule entry's text), or
         (None, None) where they cannot be had: then the conds are sanitized on their own reading."""
         try:
-            from modules import prompt_parser
+            from modules import devices, prompt_parser
             engine = text_engine(p.sd_model)
             if engine is None:
                 return None, None
             prompts = getattr(p, "hr_prompts", None) if stage == "hires" else None
             prompts = prompts or getattr(p, "prompts", None) or [p.prompt]
-            steps = (getattr(p, "hr_second_pass_steps", 0) or p.steps) if stage == "hires" else p.steps
-            texts = W.schedule_texts([str(t) for t in prompts], steps, prompt_parser)
-            reader = W.WebuiTextReader(p.sd_model.get_learned_conditioning, engine.tokenize_line, special_ids(engine))
-            return reader, texts
+            texts = W.schedule_texts([str(t) for t in prompts], prompt_parser, *schedule_steps(p, stage))
+
+            def conditioning(texts):
+                with devices.autocast():      # as the webui builds its conds
+                    return p.sd_model.get_learned_conditioning(texts)
+            return W.WebuiTextReader(conditioning, engine.tokenize_line, special_ids(engine)), texts
         except Exception as e:
             log({"event": "text-reading-unavailable", "error": repr(e)})
             return None, None
@@ -391,12 +403,12 @@ class EmbeddingSanitizerScript(scripts.Script):
         try:
             engine = text_engine(p.sd_model)
             from modules import prompt_parser
-            parts = W.schedule_texts([first_prompt(p)], getattr(p, "steps", 20), prompt_parser)
+            parts = W.schedule_texts([first_prompt(p)], prompt_parser, *schedule_steps(p, "first"))
             tok = getattr(engine, "tokenizer", None)
             specials = special_ids(engine)
             html_parts, erased = [], 0
             for composable, texts in zip(c.batch[0], parts):
-                for entry, text in zip(composable.schedules, texts):
+                for entry, (_, text) in zip(composable.schedules, texts):
                     result = state["ledger"].result_for(entry.cond)
                     if result is None:
                         continue

@@ -420,13 +420,14 @@ class PromptParser:
         return parts, flat, {}
 
     @staticmethod
-    def get_learned_conditioning_prompt_schedules(prompts, steps):
-        return [[[steps, prompt]] for prompt in prompts]
+    def get_learned_conditioning_prompt_schedules(prompts, steps, hires_steps=None, use_old_scheduling=False):
+        return [[[hires_steps or steps, prompt]] for prompt in prompts]
 
 
 def test_schedule_texts_follow_the_conditioning_order_and_repeated_parts():
-    texts = W.schedule_texts(["a cat AND a n u d e dog AND a cat", "a lake"], 20, PromptParser)
-    assert texts == [["a cat"], ["a n u d e dog"], ["a cat"], ["a lake"]]
+    texts = W.schedule_texts(["a cat AND a n u d e dog AND a cat", "a lake"], PromptParser, 20)
+    assert texts == [[(20, "a cat")], [(20, "a n u d e dog")], [(20, "a cat")], [(20, "a lake")]]
+    assert W.schedule_texts(["a lake"], PromptParser, 20, 30) == [[(30, "a lake")]]
 
 
 def test_text_reader_finds_a_span_in_any_chunk():
@@ -454,8 +455,8 @@ def test_each_schedule_entry_is_sanitized_with_its_own_text():
     def fn(emb, pooled, text):
         seen.append(text)
         return model.sanitize(emb, pooled)
-    W.sanitize_prompt_schedules(multi, fn, W.SanitizeLedger(), texts=[["a cat", "a dog"], ["a lake"]])
+    W.sanitize_prompt_schedules(multi, fn, W.SanitizeLedger(), texts=[[(10, "a cat"), (20, "a dog")], [(20, "a lake")]])
     assert seen == ["a cat", "a dog", "a lake"]
     seen.clear()        # texts that do not fit the schedules are not guessed at
-    W.sanitize_prompt_schedules(multi, fn, W.SanitizeLedger(), texts=[["a cat"], ["a lake"]])
-    assert seen == [None, None, "a lake"]
+    W.sanitize_prompt_schedules(multi, fn, W.SanitizeLedger(), texts=[[(20, "a cat")], [(30, "a lake")]])
+    assert seen == [None, None, None]
