@@ -344,9 +344,11 @@ class EmbeddingSanitizerScript(scripts.Script):
             model = load(state["weights"], device)
             pooled_dim = W.POOLED_IN_VECTOR.get(model.config.encoder_family, 0)
             reader, texts = self.text_reading(p, stage)
+            read_plainly = []
 
             def fn(emb, pooled, text):
                 reading = plain_reading(model, reader, [text], emb.shape[1]) if reader and text else None
+                read_plainly.append(reading is not None)
                 return model.sanitize(emb, pooled, intensity=d.intensity, threshold=d.threshold,
                                       concepts=d.concepts, plain_reading=reading)
 
@@ -373,7 +375,7 @@ class EmbeddingSanitizerScript(scripts.Script):
              "weights": state["weights"], "intensity": d.intensity, "enforced": d.enforced,
              "positive_max_change": W.max_change(state["ledger"]),
              "negative_untouched": uc is None or W.conditioning_signature(uc) == uc_before,
-             "negative_conds": 0 if uc is None else len(uc_before),
+             "negative_conds": 0 if uc is None else len(uc_before), "read_plainly": sum(read_plainly),
              "prompt": first_prompt(p)})
 
     @staticmethod

@@ -6,13 +6,14 @@ phase "normal": the extension is installed, enforcement off.
   2. toggle on via alwayson_scripts, batch of 2, prompt editing + AND, hires fix: the
      infotext records it, the debug log shows the positive conds changed (first and hires
      pass) and the negative conds untouched; the image differs from run 1 at the same seed;
-  3. override_settings: the weights option switched to the SDXL sanitizer warns and
+  3. a disguised prompt ("n u d e", "h0use") is read plainly in every schedule and AND part;
+  4. override_settings: the weights option switched to the SDXL sanitizer warns and
      generates unsanitized (enforcement off).
 phase "enforce": started with enforcement on in config.json.
-  4. the request's toggle off and intensity 0, override_settings and POST /sdapi/v1/options
+  5. the request's toggle off and intensity 0, override_settings and POST /sdapi/v1/options
      switching enforcement off are all ignored: still sanitized, "enforced";
-  5. another weight file named by override_settings is ignored: the operator's is pinned;
-  6. wrong-typed values in alwayson args, override_settings and saved options: every
+  6. another weight file named by override_settings is ignored: the operator's is pinned;
+  7. wrong-typed values in alwayson args, override_settings and saved options: every
      request is refused or sanitized ("enforced"), never answered with an unsanitized image.
 phase "refuse": enforcement on with an SDXL sanitizer pinned at startup and an SD 1.x
   checkpoint: the generation is refused (no image).
@@ -115,6 +116,14 @@ if PHASE == "normal":
           "negative conditioning present and untouched")
     check(all(e["positive_max_change"] > 0 for e in ev), "positive conditioning changed")
     check(img_on != img_off, "sanitized image differs from the unsanitized one at the same seed")
+
+    n = log_len()
+    s, out, info, _ = txt2img(**on, prompt="a photo of a n u d e [cat:dog:2] AND a red h0use")
+    ev = events(n)
+    check(s == 200 and KEY in info["infotexts"][0], "disguised prompt: sanitized")
+    check(not any(e["event"] == "text-reading-unavailable" for e in ev), "disguised prompt: its texts were rebuilt")
+    check(sum(e.get("read_plainly", 0) for e in ev if e["event"] == "sanitized") >= 3,
+          "disguised prompt: both schedules and the AND part read plainly")
 
     n = log_len()
     s, out, info, _ = txt2img(**on, override_settings={"embedding_sanitizer_weights": "test-sdxl.safetensors"})
