@@ -179,7 +179,9 @@ class PlainReading:
 def plain_reading(model, encoder, texts: Sequence[str], rows: int) -> Optional[PlainReading]:
     """The plain reading of the rows of `encoder.encode([text])` for each text: each changed
     span's scores are the largest over its plain tokens. None when no text holds a disguise,
-    so that nothing is encoded twice.
+    so that nothing is encoded twice. A plain text the encoder gives NaN or infinite values for
+    is not read (seen in A1111 with a random-weight checkpoint): its rows keep their own scores,
+    rather than the whole prompt going unsanitized.
 
     `encoder` needs `encode(prompts)` and `span_positions(text, start, end)` (TextEncoder)."""
     found = [(i, u) for i, u in enumerate(map(undisguise, texts)) if u is not None]
@@ -191,8 +193,9 @@ def plain_reading(model, encoder, texts: Sequence[str], rows: int) -> Optional[P
     reading = PlainReading(torch.zeros(len(texts), rows, dtype=torch.bool),
                            torch.zeros(len(texts), rows, dtype=torch.bool),
                            torch.zeros(len(texts), rows, len(model.concepts)))
-    for (i, u), plain_scores in zip(found, scores.float().cpu()):
-        for span in u.spans:
+    readable = torch.isfinite(plain.embedding).flatten(1).all(1) & torch.isfinite(scores.cpu()).flatten(1).all(1)
+    for (i, u), plain_scores, ok in zip(found, scores.float().cpu(), readable.tolist()):
+        for span in u.spans if ok else ():
             typed_rows = [r for r in encoder.span_positions(u.text, *span.typed) if r < rows]
             plain_rows = [r for r in encoder.span_positions(u.plain, *span.plain) if r < len(plain_scores)]
             if typed_rows and plain_rows:

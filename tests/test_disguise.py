@@ -95,6 +95,21 @@ def test_plain_reading_gives_each_typed_span_its_plain_scores_and_only_those_row
     assert plain_reading(model, encoder, ["a dog", "a cat"], rows=30) is None
 
 
+def test_a_plain_text_the_encoder_cannot_read_is_left_to_the_typed_reading():
+    class Broken(Letters):
+        def encode(self, prompts):
+            batch = super().encode(prompts)
+            for i, p in enumerate(prompts):
+                if "nude" in p:
+                    batch.embedding[i, 1] = float("nan")
+            return batch
+
+    model = letter_model()
+    reading = plain_reading(model, Broken(), ["a n u d e cat", "a c.a.t"], rows=20)
+    assert not reading.rows[0].any() and reading.rows[1].any()
+    assert plain_reading(model, Broken(), ["a n u d e cat"], rows=20) is None
+
+
 def test_sanitize_replaces_certain_rows_raises_uncertain_ones_and_leaves_the_rest():
     model, encoder = letter_model(), Letters()
     with torch.no_grad():
