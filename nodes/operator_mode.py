@@ -10,7 +10,8 @@ The choke point is where ComfyUI turns CONDITIONING into what its samplers use:
 SamplerCustom and SamplerCustomAdvanced with any guider) or, before guiders, `comfy.samplers.sample`
 (through which KSampler and SamplerCustom both pass). Both see the same converted entries: dicts
 holding the embedding as "cross_attn". Any failure refuses the prompt (an exception ComfyUI reports
-for that node), never lets it through.
+for that node), never lets it through. CLIP Text Encode is wrapped too, to remember which text made
+each conditioning tensor: with it, disguised words are read plainly here as in the nodes.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import inspect
 import logging
 import os
 import sys
+import weakref
 from collections import OrderedDict
 from pathlib import Path
 from typing import Optional
@@ -32,6 +34,7 @@ from embedding_sanitizer.operator import (MARK_KEY, OperatorConfigError, enforce
                                           read_operator_config, weights_fingerprint, with_operator)
 
 from .common import sanitize_conditioning
+from .text_encoders import clip_family
 
 ENV_VAR = "EMBEDDING_SANITIZER_OPERATOR_CONFIG"
 CONFIG_NAME = "embedding_sanitizer_operator.json"
@@ -70,11 +73,41 @@ def model_family(base_model) -> Optional[str]:
     return None
 
 
+class EncodedTexts:
+    """The text and CLIP behind each conditioning tensor CLIP Text Encode made. The sampler's
+    conds carry no text, and disguised words ("n u d e", "n4k3d") are only read plainly with it.
+    A tensor is known by identity while it lives; the most recent KEEP are remembered."""
+    KEEP = 512
+
+    def __init__(self):
+        self.entries: OrderedDict = OrderedDict()
+
+    def remember(self, conditioning, clip, text) -> None:
+        if not isinstance(text, str) or not isinstance(conditioning, list):
+            return
+        for entry in conditioning:
+            tensor = entry[0] if isinstance(entry, (list, tuple)) and entry else None
+            if torch.is_tensor(tensor):
+                self.entries[id(tensor)] = (weakref.ref(tensor), weakref.ref(clip), text)
+                self.entries.move_to_end(id(tensor))
+        while len(self.entries) > self.KEEP:
+            self.entries.popitem(last=False)
+
+    def find(self, *tensors):
+        """(clip, text) of the first of `tensors` that CLIP Text Encode made, or (None, None)."""
+        for tensor in tensors:
+            found = self.entries.get(id(tensor))
+            if found is not None and found[0]() is tensor and found[1]() is not None:
+                return found[1](), found[2]
+        return None, None
+
+
 class Enforcer:
     """The operator's policy with its loaded sanitizers, and what it did per prompt."""
 
     def __init__(self, config_path: Path):
         self.config_path = config_path
+        self.texts = EncodedTexts()
         self.policy = None
         self.error: Optional[str] = None          # refuses every prompt when set
         self.models, self.files, self.load_errors = {}, {}, {}
@@ -182,8 +215,12 @@ class Enforcer:
             extras = dict(entry)
             if plan.pooled is not None:
                 extras["pooled_output"] = plan.pooled
+            clip, text = self.texts.find(plan.embedding, embedding)
+            if clip is not None and clip_family(clip, embedding.shape[-1]) != model.config.encoder_family:
+                clip, text = None, None      # not this sanitizer's encoder: no reading, and no new refusal
             [[new_embedding, new_extras]], _, ui = sanitize_conditioning(
-                [[plan.embedding, extras]], model, plan.intensity, plan.threshold, None, concepts=policy.concepts)
+                [[plan.embedding, extras]], model, plan.intensity, plan.threshold, clip, text,
+                concepts=policy.concepts)
             new_extras["cross_attn"] = new_embedding
             model_conds = new_extras.get("model_conds")
             if isinstance(model_conds, dict) and "c_crossattn" in model_conds:   # ComfyUI 2024 fills it early
@@ -261,6 +298,20 @@ def install_choke_point(enforcer: Enforcer, samplers) -> str:
         "rather than generate unsanitized images. Update Embedding Sanitizer or ComfyUI.")
 
 
+def install_text_memory(enforcer: Enforcer, nodes_module) -> None:
+    """CLIP Text Encode tells the enforcer which text made each conditioning it returns."""
+    def make(original):
+        def encode(self, clip, text, *args, **kwargs):
+            result = original(self, clip, text, *args, **kwargs)
+            try:
+                enforcer.texts.remember(result[0], clip, text)
+            except Exception as exc:     # noqa: BLE001  the text is an aid: without it the embedding's own reading
+                LOG.warning("Embedding Sanitizer: could not remember the text of a CLIP Text Encode: %s", exc)
+            return result
+        return encode
+    _wrap(nodes_module.CLIPTextEncode, "encode", make)
+
+
 def install_records(enforcer: Enforcer, execution_module, nodes_module) -> None:
     """The prompt's history entry and every image SaveImage / PreviewImage writes record enforcement."""
     queue = execution_module.PromptQueue
@@ -322,6 +373,7 @@ def setup() -> Optional[Enforcer]:
         # SystemExit is not an Exception: ComfyUI's custom-node loader does not swallow it.
         raise SystemExit(str(exc)) from None
     install_records(enforcer, execution, comfy_nodes)
+    install_text_memory(enforcer, comfy_nodes)
     add_route(enforcer.state)
     LOG.warning("Embedding Sanitizer: every prompt is sanitized at %s", where)
     return enforcer

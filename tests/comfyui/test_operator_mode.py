@@ -186,3 +186,30 @@ def test_sha256_pin_refuses_a_replaced_file(operator_mode, config):
     config.write_text(json.dumps(data))
     enforcer = operator_mode.Enforcer(config)
     assert "changed or replaced" in enforcer.load_errors["sd1-clip-l"]
+
+
+def test_disguised_words_are_read_plainly_with_the_text_clip_text_encode_made(operator_mode, nodes, sd1_clip,
+                                                                             monkeypatch, tmp_path):
+    """The sampler's conds carry no text: CLIP Text Encode tells the enforcer which text made them."""
+    import nodes as comfy_nodes
+    from embedding_sanitizer import load_sanitizer, save_sanitizer
+    from embedding_sanitizer.model import DEFAULT_THRESHOLD
+    # Scores short of 0 and 1, so that reading "n u d e" as "nude" changes them.
+    save_sanitizer(active_sanitizer(768, 0, "sd1-clip-l", score_std=0.05), tmp_path / "sd1.safetensors", {})
+    config = tmp_path / "operator.json"
+    config.write_text(json.dumps({"sanitizers": {"sd1-clip-l": "sd1.safetensors"}, "min_intensity": 1.0}))
+    monkeypatch.setattr(comfy_nodes.CLIPTextEncode, "encode", comfy_nodes.CLIPTextEncode.encode)   # restored after
+    enforcer = operator_mode.Enforcer(config)
+    operator_mode.install_text_memory(enforcer, comfy_nodes)
+    text = "a photo of a n u d e woman"
+    positive = comfy_nodes.CLIPTextEncode().encode(sd1_clip, text)[0]
+    [entry] = enforcer.enforce(base_model("SD15"), "positive", converted(positive))
+    node, sanitizer = nodes["EmbeddingSanitizerApply"](), load_sanitizer(config.parent / "sd1.safetensors")
+    read = node.sanitize(positive, sanitizer, 1.0, DEFAULT_THRESHOLD, clip=sd1_clip, text=text)["result"][0]
+    unread = node.sanitize(positive, sanitizer, 1.0, DEFAULT_THRESHOLD)["result"][0]
+    assert not torch.equal(read[0][0], unread[0][0])
+    assert torch.equal(entry["cross_attn"], read[0][0])
+    # A conditioning CLIP Text Encode did not make (here: a copy) is sanitized on its own reading.
+    copied = [[positive[0][0].clone(), dict(positive[0][1])]]
+    [entry] = enforcer.enforce(base_model("SD15"), "positive", converted(copied))
+    assert torch.equal(entry["cross_attn"], unread[0][0])
