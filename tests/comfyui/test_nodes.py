@@ -199,6 +199,15 @@ def test_sdxl_pooled_is_sanitized(nodes, sdxl_clip, sdxl_sanitizer, clip_text_en
     assert not torch.equal(out[0][1]["pooled_output"], cond[0][1]["pooled_output"])
     assert out[0][1]["pooled_output"].shape == (1, 1280)
     assert [t["token"] for t in ui["token_scores"][0]["tokens"]][4] == "nude"
+    # SDXL's rows are CLIP-L's and CLIP-G's tokens side by side: disguised words are found in them too.
+    disguised = "a photo of a n u d e woman"
+    _, report, _ = apply(nodes, encode(clip_text_encode, sdxl_clip, disguised), sdxl_sanitizer, clip=sdxl_clip,
+                         text=disguised)
+    assert "read plainly" in report
+    from embedding_sanitizer.disguise import plain_reading
+    from embedding_sanitizer_pack.nodes.text_encoders import ComfyTextEncoder
+    reading = plain_reading(sdxl_sanitizer, ComfyTextEncoder(sdxl_clip), [disguised], 77)
+    assert reading.rows[0].nonzero().flatten().tolist() == [5, 6, 7, 8]      # after BOS a photo of a
 
 
 def test_mismatch_says_so(nodes, sd1_clip, sdxl_clip, sd1_sanitizer, sdxl_sanitizer, clip_text_encode):
