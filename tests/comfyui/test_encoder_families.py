@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from embedding_sanitizer.disguise import plain_reading
+
 from .comfy_env import random_clip
 from .conftest import active_sanitizer
 from .test_nodes import LONG, PROMPT, apply, assert_unchanged, encode, snapshot
@@ -283,6 +285,11 @@ def test_flux_rows_and_pooled_are_sanitized_guidance_kept(nodes, flux_clip, clip
     encoded = nodes["EmbeddingSanitizerCLIPTextEncode"]().encode(flux_clip, PROMPT, sanitizer, 1.0)
     torch.testing.assert_close(encoded["result"][0][0][0], apply(nodes, encode(clip_text_encode, flux_clip, PROMPT),
                                                                  sanitizer)[0][0][0])
+    # Disguised words are found in T5's rows, which are Flux's.
+    disguised = "a photo of a n u d e woman"
+    covered = plain_reading(sanitizer, encoder, [disguised], 256).rows[0].nonzero().flatten().tolist()
+    tokens = encoder.encode([disguised]).tokens[0]
+    assert [tokens[r] for r in covered if tokens[r] != "\u2423"] == ["n", "u", "d", "e"]     # and their word starts
 
 
 @pytest.mark.parametrize("with_t5", [True, False])
@@ -318,6 +325,10 @@ def test_sd3_clip_rows_then_t5_rows(with_t5, nodes, sd3_clip, sd3_clip_no_t5, cl
     assert [tokens[r] for r in rows] == ["nude", "woman"] + (["nu", "de", "woman"] if with_t5 else [])
     assert rows[:2] == [5, 6] and all(r >= 77 for r in rows[2:])
     assert encoder.span_positions(text, text.index("nude") + 1, len(text)) == []     # not a token boundary
+    # Disguised words are read plainly in every stream too.
+    disguised = "a photo of a n u d e woman"
+    covered = plain_reading(sanitizer, encoder, [disguised], cond[0][0].shape[1]).rows[0].nonzero().flatten().tolist()
+    assert covered[:4] == [5, 6, 7, 8] and any(r >= 77 for r in covered) == with_t5
 
 
 @pytest.mark.slow
