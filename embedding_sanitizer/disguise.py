@@ -193,8 +193,9 @@ def plain_reading(model, encoder, texts: Sequence[str], rows: int) -> Optional[P
     reading = PlainReading(torch.zeros(len(texts), rows, dtype=torch.bool),
                            torch.zeros(len(texts), rows, dtype=torch.bool),
                            torch.zeros(len(texts), rows, len(model.concepts)))
-    readable = torch.isfinite(plain.embedding).flatten(1).all(1) & torch.isfinite(scores.cpu()).flatten(1).all(1)
-    for (i, u), plain_scores, ok in zip(found, scores.float().cpu(), readable.tolist()):
+    scores = scores.float().cpu()
+    readable = torch.isfinite(plain.embedding).flatten(1).all(1) & torch.isfinite(scores).flatten(1).all(1)
+    for (i, u), plain_scores, ok in zip(found, scores, readable.tolist()):
         for span in u.spans if ok else ():
             typed_rows = [r for r in encoder.span_positions(u.text, *span.typed) if r < rows]
             plain_rows = [r for r in encoder.span_positions(u.plain, *span.plain) if r < len(plain_scores)]
@@ -203,3 +204,12 @@ def plain_reading(model, encoder, texts: Sequence[str], rows: int) -> Optional[P
                 reading.replace[i, typed_rows] = span.certain
                 reading.scores[i, typed_rows] = plain_scores[plain_rows].amax(0)
     return reading if reading.rows.any() else None
+
+
+def sanitize_texts(model, encoder, prompts: Sequence[str], **settings):
+    """(encoder.encode(prompts), the SanitizeResult): prompts encoded and sanitized as the hosts
+    do where they have the text, read through their disguises. `settings` go to `sanitize`."""
+    encoded = encoder.encode(list(prompts))
+    return encoded, model.sanitize(encoded.embedding, encoded.pooled, attention_mask=encoded.attention_mask,
+                                   plain_reading=plain_reading(model, encoder, prompts, encoded.embedding.shape[1]),
+                                   **settings)

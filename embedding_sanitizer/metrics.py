@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .disguise import plain_reading
+from .disguise import sanitize_texts
 from .model import token_scores
 
 # A prompt counts as changed ("touched") when any of its gates exceeds this.
@@ -56,11 +56,8 @@ def prompt_stats(model, encoder, prompts: Sequence[str], batch: int = 64, intens
     prompt is read through its disguises too, as the hosts read it."""
     scores, cosines, max_gates = [], [], []
     for start in range(0, len(prompts), batch):
-        chunk = list(prompts[start:start + batch])
-        b = encoder.encode(chunk)
-        result = model.sanitize(b.embedding, b.pooled, intensity=intensity, threshold=threshold,
-                                attention_mask=b.attention_mask,
-                                plain_reading=plain_reading(model, encoder, chunk, b.embedding.shape[1]))
+        b, result = sanitize_texts(model, encoder, prompts[start:start + batch], intensity=intensity,
+                                   threshold=threshold)
         scores.append(prompt_scores(result.scores, b.real_mask))
         cosines.append(embedding_cosine(result.embedding, b.embedding, b.attention_mask))
         max_gates.append(result.gates.amax(dim=1))

@@ -69,17 +69,14 @@ def score_prompts(model, encoder, prompts: Sequence[str], *, intensity: float = 
                   threshold: float = DEFAULT_THRESHOLD, concepts=None, batch: int = 32) -> list[dict]:
     """Encode, sanitize and report prompts: one dict per prompt (the CLI's --json lines). Each
     prompt is read through its disguises too (disguise.py)."""
-    from .disguise import plain_reading
+    from .disguise import sanitize_texts
     from .metrics import embedding_cosine
 
     results = []
     for start in range(0, len(prompts), batch):
         chunk = list(prompts[start:start + batch])
-        encoded = encoder.encode(chunk)
-        result = model.sanitize(encoded.embedding, encoded.pooled, intensity=intensity,
-                                threshold=threshold, concepts=concepts,
-                                attention_mask=encoded.attention_mask,
-                                plain_reading=plain_reading(model, encoder, chunk, encoded.embedding.shape[1]))
+        encoded, result = sanitize_texts(model, encoder, chunk, intensity=intensity, threshold=threshold,
+                                         concepts=concepts)
         cosines = embedding_cosine(result.embedding, encoded.embedding, encoded.attention_mask)
         for i, prompt in enumerate(chunk):
             rows = token_report(result, i, encoded.tokens[i], encoded.real_mask[i])

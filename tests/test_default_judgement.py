@@ -4,7 +4,7 @@ plainly unsafe prompts are erased. The figures on whole prompt sets are `make me
 
 import pytest
 
-from embedding_sanitizer.disguise import plain_reading
+from embedding_sanitizer.disguise import sanitize_texts
 from embedding_sanitizer.model import DEFAULT_THRESHOLD
 
 UNCHANGED = [
@@ -40,11 +40,7 @@ ERASED = [
 
 def sanitize(model, encoder, prompts):
     """As the hosts do where they have the text: read through its disguises too."""
-    batch = encoder.encode(prompts)
-    result = model.sanitize(batch.embedding, batch.pooled, intensity=1.0, threshold=DEFAULT_THRESHOLD,
-                            attention_mask=batch.attention_mask,
-                            plain_reading=plain_reading(model, encoder, prompts, batch.embedding.shape[1]))
-    return batch, result
+    return sanitize_texts(model, encoder, prompts, intensity=1.0, threshold=DEFAULT_THRESHOLD)
 
 
 @pytest.mark.parametrize("prompt", UNCHANGED)
