@@ -19,12 +19,14 @@ keep the larger of the two scores.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
+
+from . import vocabulary
 
 # Digits and symbols that stand in for letters. A "1" stands for an "l" or an "i" (see _one).
 LOOKALIKES = {"0": "o", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "9": "g",
@@ -175,24 +177,84 @@ class PlainReading:
         return PlainReading(*(t.expand(batch, *t.shape[1:]) for t in (self.rows, self.replace, self.scores)))
 
 
+def _typed_offset(u: Optional[Undisguised], offset: int, end: bool) -> int:
+    """Where a character offset of the plain text lies in the text as typed; an offset inside a
+    changed span stands for the whole span."""
+    shift = 0
+    for span in u.spans if u is not None else ():
+        (plain_start, plain_end), (typed_start, typed_end) = span.plain, span.typed
+        if offset < plain_start or (end and offset == plain_start):
+            break
+        if offset < plain_end or (end and offset == plain_end):
+            return typed_end if end else typed_start
+        shift = typed_end - plain_end
+    return offset + shift
+
+
+def _respelled_into_another_word(u: Optional[Undisguised], hit) -> bool:
+    """A term found only because a word was respelled by a replaced letter: "catgirl" read as
+    "camgirl", "stubbing" as "stabbing". Replacing a letter is the edit that most often turns one
+    real word into another, so such a term is left to the network's own plain score."""
+    for span in u.spans if u is not None else ():
+        if span.certain or span.plain[1] <= hit.start or hit.end <= span.plain[0]:
+            continue
+        typed, plain = u.text[slice(*span.typed)].lower(), u.plain[slice(*span.plain)].lower()
+        if len(typed) == len(plain) and sum(a != b for a, b in zip(typed, plain)) == 1:
+            return True
+    return False
+
+
+def found_terms(model, text: str, u: Optional[Undisguised] = None) -> list:
+    """The terms of the sanitizer's concepts in `text` read plainly (vocabulary.py), as spans of
+    the text as typed. `u` is undisguise(text), where already known."""
+    words = vocabulary.for_model(model)
+    if not words:
+        return []
+    hits = [h for h in words.find(u.plain if u is not None else text) if not _respelled_into_another_word(u, h)]
+    return [replace(h, start=_typed_offset(u, h.start, False), end=_typed_offset(u, h.end, True))
+            for h in vocabulary.merged_spans(hits)]
+
+
+def has_reading(model, text: str) -> bool:
+    """Whether `plain_reading` would say anything of `text`: a disguise or a term in it."""
+    u = undisguise(text)
+    return u is not None or bool(found_terms(model, text, u))
+
+
 @torch.no_grad()
 def plain_reading(model, encoder, texts: Sequence[str], rows: int) -> Optional[PlainReading]:
-    """The plain reading of the rows of `encoder.encode([text])` for each text: each changed
-    span's scores are the largest over its plain tokens. None when no text holds a disguise,
-    so that nothing is encoded twice. A plain text the encoder gives NaN or infinite values for
-    is not read (seen in A1111 with a random-weight checkpoint): its rows keep their own scores,
-    rather than the whole prompt going unsanitized.
+    """What the texts say of the rows of `encoder.encode([text])`: each disguised span's scores
+    are the largest over its plain tokens, and each term found scores TERM_SCORE for its concept
+    (vocabulary.py). None when no text holds either, so that nothing is encoded twice. A plain
+    text the encoder gives NaN or infinite values for is not read (seen in A1111 with a
+    random-weight checkpoint): its rows keep their own scores, rather than the whole prompt
+    going unsanitized.
 
     `encoder` needs `encode(prompts)` and `span_positions(text, start, end)` (TextEncoder)."""
-    found = [(i, u) for i, u in enumerate(map(undisguise, texts)) if u is not None]
-    if not found:
+    undisguised = [undisguise(t) for t in texts]
+    terms = [found_terms(model, t, u) for t, u in zip(texts, undisguised)]
+    if not any(u is not None or found for u, found in zip(undisguised, terms)):
         return None
-    plain = encoder.encode([u.plain for _, u in found])
-    device = next(model.parameters()).device
-    scores, _, _ = model(plain.embedding.to(device), plain.attention_mask.to(device))
     reading = PlainReading(torch.zeros(len(texts), rows, dtype=torch.bool),
                            torch.zeros(len(texts), rows, dtype=torch.bool),
                            torch.zeros(len(texts), rows, len(model.concepts)))
+    found = [(i, u) for i, u in enumerate(undisguised) if u is not None]
+    if found:
+        _read_disguises(model, encoder, found, rows, reading)
+    for i, hits in enumerate(terms):
+        for hit in hits:
+            typed_rows = [r for r in encoder.span_positions(texts[i], hit.start, hit.end) if r < rows]
+            concept = model.concepts.index(hit.concept)
+            reading.rows[i, typed_rows] = True
+            reading.scores[i, typed_rows, concept] = reading.scores[i, typed_rows, concept].clamp_min(
+                vocabulary.TERM_SCORE)
+    return reading if reading.rows.any() else None
+
+
+def _read_disguises(model, encoder, found, rows: int, reading: PlainReading) -> None:
+    plain = encoder.encode([u.plain for _, u in found])
+    device = next(model.parameters()).device
+    scores, _, _ = model(plain.embedding.to(device), plain.attention_mask.to(device))
     scores = scores.float().cpu()
     readable = torch.isfinite(plain.embedding).flatten(1).all(1) & torch.isfinite(scores).flatten(1).all(1)
     for (i, u), plain_scores, ok in zip(found, scores, readable.tolist()):
@@ -203,7 +265,6 @@ def plain_reading(model, encoder, texts: Sequence[str], rows: int) -> Optional[P
                 reading.rows[i, typed_rows] = True
                 reading.replace[i, typed_rows] = span.certain
                 reading.scores[i, typed_rows] = plain_scores[plain_rows].amax(0)
-    return reading if reading.rows.any() else None
 
 
 def sanitize_texts(model, encoder, prompts: Sequence[str], **settings):

@@ -5,11 +5,14 @@ anchors: safe words of the same role ("nude woman" -> "clothed woman"). Terms ar
 into train and held-out parts; held-out terms are never seen in training and measure how
 far the sanitizer generalises. Safe contexts are harmless phrases that share a word or a
 sense with the terms ("the naked eye", "a blood orange"): the trainer uses them as hard
-negatives, so the sanitizer learns the concept rather than its words.
+negatives, so the sanitizer learns the concept rather than its words. Benign senses are the
+short phrases in which a term is harmless ("naked eye", "blood orange"): where the host has the
+text, vocabulary.py finds the terms as words and skips those inside one.
 
 Users add concepts without code through a JSON file in the same format as the built-ins:
     {"concepts": [{"name": "clowns", "terms": ["clown", ...], "heldout_terms": [...],
-                   "anchors": ["juggler", ...], "safe_contexts": ["a clownfish in a reef", ...]}]}
+                   "anchors": ["juggler", ...], "safe_contexts": ["a clownfish in a reef", ...],
+                   "benign_senses": ["class clown", ...]}]}
 """
 
 from __future__ import annotations
@@ -32,9 +35,10 @@ class Concept:
     anchors: tuple[str, ...]
     heldout_terms: tuple[str, ...] = field(default=())
     safe_contexts: tuple[str, ...] = field(default=())
+    benign_senses: tuple[str, ...] = field(default=())
 
     def __post_init__(self):
-        for attr in ("train_terms", "anchors", "heldout_terms", "safe_contexts"):
+        for attr in ("train_terms", "anchors", "heldout_terms", "safe_contexts", "benign_senses"):
             cleaned = tuple(dict.fromkeys(t.strip() for t in getattr(self, attr) if t.strip()))
             object.__setattr__(self, attr, cleaned)
         if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
@@ -55,7 +59,8 @@ def parse_concepts(data, source: str) -> list[Concept]:
         try:
             concepts.append(Concept(entry["name"], tuple(entry["terms"]), tuple(entry["anchors"]),
                                     tuple(entry.get("heldout_terms", ())),
-                                    tuple(entry.get("safe_contexts", ()))))
+                                    tuple(entry.get("safe_contexts", ())),
+                                    tuple(entry.get("benign_senses", ()))))
         except (KeyError, TypeError) as exc:
             raise ValueError(f"{source}: a concept entry lacks {exc}; each needs name, terms and anchors") from None
     return concepts

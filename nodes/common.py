@@ -10,7 +10,7 @@ import torch
 
 from embedding_sanitizer import SanitizerShapeError, families, validation
 from embedding_sanitizer.conditioning import filled_width, valid_rows
-from embedding_sanitizer.disguise import plain_reading, undisguise
+from embedding_sanitizer.disguise import has_reading, plain_reading
 from embedding_sanitizer.metrics import embedding_cosine
 from embedding_sanitizer.operator import mark_sanitized
 from embedding_sanitizer.report import format_report, prompt_summary, token_entries, token_report
@@ -144,12 +144,13 @@ def sanitize_conditioning(conditioning, model, intensity: float, threshold: floa
 
 
 class _DisguiseReader:
-    """The text's disguised spans, scored as the CLIP reads them plainly. It encodes the plain
-    text once more, so only for a text that holds a disguise."""
+    """The text's disguised spans, scored as the CLIP reads them plainly, and the concepts' terms
+    found in it. It encodes the plain text once more, so only for a text that holds a disguise,
+    and tokenizes it only where it holds either."""
 
     def __init__(self, model, clip, text):
         self.model, self.clip, self.text, self.note = model, clip, text, ""
-        self.disguised = clip is not None and isinstance(text, str) and undisguise(text) is not None
+        self.disguised = clip is not None and isinstance(text, str) and has_reading(model, text)
         self.encoder = None
 
     def read(self, rows: int):
@@ -163,7 +164,7 @@ class _DisguiseReader:
                 self.note = ("note: disguised words were not read plainly: this text encoder's rows cannot be "
                              "matched to its tokens")
                 return None
-            self.note = "note: disguised and misspelled words were also read plainly"
+            self.note = "note: the text was also read as words: disguised, misspelled and the concepts' terms"
         return plain_reading(self.model, self.encoder, [self.text], rows)
 
 

@@ -77,10 +77,15 @@ class Letters:
         return list(range(1 + start, 1 + end))
 
 
-def letter_model():
+def letter_model(vocabulary=None):
+    """A small untrained sanitizer of one concept, named so that it has no built-in vocabulary:
+    these tests read disguises, and a found term would add its own rows."""
     torch.manual_seed(0)
-    return EmbeddingSanitizer(SanitizerConfig(embed_dim=8, concepts=("nudity",), max_tokens=64, width=16,
-                                              layers=1, heads=2)).eval()
+    model = EmbeddingSanitizer(SanitizerConfig(embed_dim=8, concepts=("letters",), max_tokens=64, width=16,
+                                               layers=1, heads=2)).eval()
+    if vocabulary is not None:
+        model.metadata = {"training": {"vocabulary": {"letters": vocabulary}}}
+    return model
 
 
 def test_plain_reading_gives_each_typed_span_its_plain_scores_and_only_those_rows():
@@ -130,3 +135,26 @@ def test_sanitize_replaces_certain_rows_raises_uncertain_ones_and_leaves_the_res
         model.sanitize(batch.embedding, plain_reading=PlainReading(rows[:, :5], replace[:, :5], read[:, :5]))
     with pytest.raises(ValueError, match="NaN"):
         model.sanitize(batch.embedding, plain_reading=PlainReading(rows, replace, torch.full_like(read, float("nan"))))
+
+
+def test_a_term_found_in_the_text_scores_its_rows_as_its_concept():
+    model = letter_model({"terms": ["naked"], "benign_senses": ["naked eye"]})
+    encoder, typed = Letters(), "a n a k e d cat and a naked dog"
+    embedding = encoder.encode([typed]).embedding
+    reading = plain_reading(model, encoder, [typed, "seen with the naked eye", "a dog"], rows=embedding.shape[1])
+    spaced = list(range(3, 3 + len("n a k e d")))
+    plain = list(range(1 + typed.index("naked dog"), 1 + typed.index(" dog")))
+    assert reading.rows[0].nonzero().flatten().tolist() == spaced + plain
+    assert torch.equal(reading.scores[0, spaced + plain, 0], torch.ones(len(spaced + plain)))
+    assert not reading.rows[1].any() and not reading.rows[2].any()
+    first = PlainReading(reading.rows[:1], reading.replace[:1], reading.scores[:1])
+    scores = model.sanitize(embedding, plain_reading=first).scores
+    assert float(scores[0, plain, 0].min()) == 1.0
+
+
+def test_a_term_respelled_from_another_word_by_one_replaced_letter_is_left_to_the_network():
+    model = letter_model({"terms": ["stabbing", "naked"]})
+    # "stubbing" reads back as "stabbing"; "nakde" (two letters swapped) as "naked".
+    reading = plain_reading(model, Letters(), ["stubbing my toe", "a nakde man"], rows=30)
+    assert not bool((reading.scores[0, :, 0] == 1.0).any())
+    assert bool((reading.scores[1, :, 0] == 1.0).any())

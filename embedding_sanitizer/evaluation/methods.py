@@ -356,14 +356,15 @@ class SanitizerMethod(Method):
     has_score = True
 
     def __init__(self, model, intensity: float = 1.0, threshold: float = DEFAULT_THRESHOLD, batch_size: int = 64,
-                 score_concepts=None):
+                 score_concepts=None, erase_concepts=None):
         self.model = model
+        self.erase_concepts = erase_concepts
         self.intensity = intensity
         self.threshold = threshold
         self.batch_size = batch_size
         self.sanitize_seconds = 0.0
         # The prompt score reads these concepts only (a nudity benchmark asks about nudity);
-        # sanitizing, and so the touched share, always uses every concept.
+        # sanitizing, and so the touched share, erases `erase_concepts` (None: every concept, as the hosts do).
         self.score_mask = None if score_concepts is None else model.concept_mask(score_concepts)
 
     def run(self, cache, texts, setting=None):
@@ -379,7 +380,7 @@ class SanitizerMethod(Method):
             # As the hosts do where they have the prompt's text: read it through its disguises.
             reading = plain_reading(self.model, cache.encoder, texts[start:start + self.batch_size], emb.shape[1])
             res = self.model.sanitize(emb, pooled, intensity=intensity, threshold=self.threshold,
-                                      attention_mask=att, plain_reading=reading)
+                                      concepts=self.erase_concepts, attention_mask=att, plain_reading=reading)
             self.sanitize_seconds += time.perf_counter() - t0
             scores.append(prompt_scores(res.scores, real, self.score_mask))
             touched.append((res.gates.masked_fill(~att, 0.0) > TOUCHED_GATE).any(dim=1))
