@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import sys
 import time
 
@@ -123,8 +124,13 @@ def cmd_train(args):
     from . import save_sanitizer
     from .encoders import load_encoder
     from .lexicon import builtin_concepts, load_concepts_file
-    from .train import train_sanitizer
+    from .train import check_training, train_sanitizer
+    from .weights import check_writable
 
+    # Everything is checked before the encoder loads: encoding and training take tens of minutes.
+    if os.path.lexists(args.out) and not os.path.isdir(args.out) and not args.force:
+        raise CliError(f"{args.out} exists; pass --force to replace it, or another --out")
+    check_writable(args.out)
     builtin = builtin_concepts()
     names = list(validation.concepts(args.concepts) or ())
     unknown = [n for n in names if n not in builtin]
@@ -135,12 +141,13 @@ def cmd_train(args):
         concepts += load_concepts_file(args.concepts_file)
     if not concepts:
         concepts = list(builtin.values())
-    encoder = load_encoder(args.encoder, args.device)
     config = TrainConfig(steps=args.steps, seed=args.seed, device=args.device,
                          pairs_per_concept=args.pairs, benign=args.benign)
+    check_training(concepts, config)
+    encoder = load_encoder(args.encoder, args.device)
     model, summary = train_sanitizer(encoder, concepts, config)
     summary["command"] = "python -m embedding_sanitizer " + " ".join(sys.argv[1:])
-    out = save_sanitizer(model, args.out, summary)
+    out = save_sanitizer(model, args.out, summary, overwrite=args.force)
     h = summary["heldout"]
     print(f"\nsaved {out} ({out.stat().st_size / 1e6:.1f} MB, {model.parameter_count():,} parameters, "
           f"{summary['train_seconds']} s)\n"
@@ -193,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--out", required=True, help="where to write the .safetensors weight file")
+    p.add_argument("--force", action="store_true", help="replace the --out file if it exists")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("measure", help="held-out and real-prompt-set figures for a sanitizer")

@@ -14,6 +14,7 @@ from embedding_sanitizer import save_sanitizer, validation
 from embedding_sanitizer.corpus import weak_examples
 from embedding_sanitizer.lexicon import Concept, builtin_concepts
 from embedding_sanitizer.train import TrainConfig, prior_prompt_count, train_sanitizer
+from embedding_sanitizer.weights import check_writable
 
 from .common import CATEGORY, FOLDER, register_folder
 from .text_encoders import ComfyTextEncoder
@@ -123,6 +124,7 @@ class EmbeddingSanitizerTrain:
         target = os.path.join(folder_paths.get_folder_paths(FOLDER)[0], name)
         if os.path.exists(target) and not overwrite:
             raise ValueError(f"Train Embedding Sanitizer: {target} exists; pick another filename or set overwrite")
+        check_writable(target)
         benign = TrainConfig.benign * int(pairs_per_concept) // TrainConfig.pairs_per_concept
         # Every part of the corpus scales with pairs_per_concept, so a small value is a quick trial.
         weak = len(weak_examples(concepts)[0]) * int(pairs_per_concept) // TrainConfig.pairs_per_concept
