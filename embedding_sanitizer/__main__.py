@@ -43,21 +43,31 @@ def _load(weights, encoder_spec, device=None):
     return model, encoder_for(model, encoder_spec, device)
 
 
+# More than any list of prompts a person scores: a larger --file or stdin (/dev/zero, a
+# disk image) is refused rather than read into memory without end.
+MAX_INPUT_BYTES = 16 * 2 ** 20
+
+
 def _read_prompts(args) -> list[str]:
-    """The prompts to score: the argument words, or the non-blank lines of --file / stdin."""
+    """The prompts to score: each argument, or the non-blank lines of --file / stdin."""
     if args.prompt:
-        prompt = " ".join(args.prompt)
-        _check_text(prompt, "the prompt argument")
-        if not prompt.strip():
-            raise CliError("the prompt argument is empty; pass some words, --file FILE, or lines on stdin")
-        return [prompt.strip()]
+        for number, prompt in enumerate(args.prompt, 1):
+            what = "the prompt argument" if len(args.prompt) == 1 else f"prompt argument {number}"
+            _check_text(prompt, what)
+            if not prompt.strip():
+                raise CliError(f"{what} is empty; pass some words in quotes, --file FILE, or lines on stdin")
+        return [prompt.strip() for prompt in args.prompt]
     where = args.file or "stdin"
     try:
         if args.file:
             with open(args.file, "rb") as f:
-                data = f.read()
+                data = f.read(MAX_INPUT_BYTES + 1)
         else:
-            data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+            stream = sys.stdin.buffer if hasattr(sys.stdin, "buffer") else None
+            data = stream.read(MAX_INPUT_BYTES + 1) if stream else sys.stdin.read(MAX_INPUT_BYTES + 1).encode()
+        if len(data) > MAX_INPUT_BYTES:
+            raise CliError(f"{where} holds more than {MAX_INPUT_BYTES // 2 ** 20} MiB; split the prompts into "
+                           f"smaller files")
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise CliError(f"{where} is not UTF-8 text (byte {exc.start}); pass a text file of prompts, one per line")
@@ -66,6 +76,16 @@ def _read_prompts(args) -> list[str]:
     if "\0" in text:
         raise CliError(f"{where} holds binary data (NUL bytes); pass a text file of prompts, one per line")
     return [line.strip() for line in io.StringIO(text) if line.strip()]
+
+
+def _unread_tokens(encoder, prompt: str) -> int:
+    """How many of the prompt's tokens fall past the encoder's window, counted as the encoder
+    truncates its token ids: a chunked encoder (CLIP) reads them all, 75 a chunk; the others read
+    max_tokens with their specials. (The report's tokens are no measure: they leave out [UNK], an
+    emoji's or a full-width letter's token, which the encoder does read.)"""
+    if encoder.chunk_length:
+        return 0
+    return max(0, len(encoder.token_ids(prompt)) - (encoder.max_tokens - encoder.leading_specials - 1))
 
 
 def _check_text(text: str, what: str) -> None:
@@ -91,7 +111,7 @@ def cmd_score(args):
     colour = sys.stdout.isatty()
     for r in results:
         # Past the encoder's window the words are never scored: say so, never silently.
-        dropped = len(encoder.token_ids(r["prompt"])) - len(r["tokens"])
+        dropped = _unread_tokens(encoder, r["prompt"])
         r["truncated"] = dropped > 0
         if dropped > 0:
             print(f"warning: the prompt is longer than the encoder's {encoder.max_tokens}-token window; its last "
@@ -178,10 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("score", help="per-token scores for prompts (argument, --file, or stdin)")
+    p = sub.add_parser("score", help="per-token scores for prompts (arguments, --file, or stdin)")
     common(p)
-    p.add_argument("prompt", nargs="*", help="the prompt (omit to read --file or stdin, one per line)")
-    p.add_argument("--file", help="read prompts from this file, one per line")
+    p.add_argument("prompt", nargs="*",
+                   help="prompts, each scored on its own: quote one of several words, as in "
+                        "score \"a cat\" \"a dog\" (omit to read --file or stdin, one per line)")
+    p.add_argument("--file", help=f"read prompts from this file, one per line (at most "
+                                  f"{MAX_INPUT_BYTES // 2 ** 20} MiB, as for stdin)")
     p.add_argument("--json", action="store_true", help="one JSON object per prompt per line")
     p.add_argument("--intensity", type=validation.argument(validation.intensity), default=1.0,
                    help=f"0 (off) to {validation.MAX_INTENSITY:g}; 1 = as trained")

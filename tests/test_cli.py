@@ -17,7 +17,7 @@ def cli(*args, stdin=None):
 
 
 def test_score_json_for_one_prompt():
-    out = cli("score", "--json", "a", "nude", "woman", "on", "a", "beach")
+    out = cli("score", "--json", "a nude woman on a beach")
     assert out.returncode == 0, out.stderr
     [line] = out.stdout.strip().splitlines()
     result = json.loads(line)
@@ -41,6 +41,17 @@ def test_score_many_prompts_from_stdin_plain_when_piped(tmp_path):
     json_lines = cli("score", "--json", "--file", str(tmp_path / "p.txt")).stdout.strip().splitlines()
     assert [json.loads(x)["prompt"] for x in json_lines] == ["a cat on a sofa", "a bloody decapitated corpse",
                                                              "a bowl of fruit"]
+
+
+def test_each_argument_is_a_prompt_and_emoji_or_full_width_text_fits_the_window():
+    long_prompt = "a cat " * 100 + "naked"
+    out = cli("score", "--json", "a cat on a sofa \U0001F600", "\uff4e\uff55\uff44\uff45 woman", long_prompt)
+    assert out.returncode == 0, out.stderr
+    results = [json.loads(line) for line in out.stdout.strip().splitlines()]
+    assert [r["prompt"] for r in results] == ["a cat on a sofa \U0001F600", "\uff4e\uff55\uff44\uff45 woman", long_prompt.strip()]
+    # The emoji and the full-width word are one [UNK] token each, well inside the 128-token window.
+    assert [r["truncated"] for r in results] == [False, False, True]
+    assert out.stderr.count("longer than the encoder's 128-token window") == 1
 
 
 def test_intensity_zero_leaves_the_embedding_alone():
@@ -114,6 +125,9 @@ def one_line_error(out, fragment):
     ((b"score", b"--threshold", b"abc", b"a cat"), b"", "not a number"),
     ((b"score", b""), b"", "prompt argument is empty"),
     ((b"score", b"   "), b"", "prompt argument is empty"),
+    ((b"score", b"a cat", b" "), b"", "prompt argument 2 is empty"),
+    ((b"score", b"--file", b"/dev/zero"), b"", "/dev/zero holds more than 16 MiB"),
+    ((b"score",), b"a cat\n" * (3 * 2 ** 20), "stdin holds more than 16 MiB"),
     ((b"score", b"--concepts", b"nudityy", b"a cat"), b"", "unknown concept"),
     ((b"score", b"--concepts", b" , ", b"a cat"), b"", "names no concept"),
     ((b"train", b"--concepts", b"nudityy", b"--out", b"/tmp/x.safetensors"), b"", "unknown built-in"),
