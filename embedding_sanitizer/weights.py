@@ -72,7 +72,7 @@ def save_sanitizer(model: EmbeddingSanitizer, path: Union[str, Path], training: 
     return path
 
 
-def check_writable(path: Union[str, Path]) -> Path:
+def check_writable(path: Union[str, Path]) -> None:
     """Raise ValueError now where save_sanitizer(path) would fail only after a training of
     minutes to hours: `path` is a folder, or no file can be made beside it."""
     path = Path(path)
@@ -86,13 +86,12 @@ def check_writable(path: Union[str, Path]) -> Path:
             raise ValueError(f"cannot write {path}: {exc.strerror or exc}; choose another place") from None
         os.close(fd)
         os.unlink(tmp)
-        return path
+        return
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"cannot write {path}: {existing} is not a folder you can write to; choose another place")
-    return path
 
 
 def _place_without_replacing(tmp: str, path: Path) -> None:
