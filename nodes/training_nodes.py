@@ -166,7 +166,7 @@ class EmbeddingSanitizerTrain:
         saved = _save_beside(model, target, summary, bool(overwrite))
         heldout = summary.get("heldout", {})
         moved = "" if saved == target else f" ({os.path.basename(target)} appeared while training and was kept)"
-        text = (f"saved {os.path.basename(saved)} in the sanitizers folder{moved}\n"
+        text = (f"saved {os.path.basename(saved)}{moved}\n"
                 f"encoder {encoder.name} ({encoder.family}), concepts "
                 f"{[c.name for c in concepts]}, steps {steps}, seed {seed}\n"
                 + ", ".join(f"{k} {v}" for k, v in heldout.items())
