@@ -21,7 +21,7 @@ test: $(STAMP)
 
 # Retrains the embedded default exactly as committed (see the README for its time on 2 CPU cores).
 default-weights: $(STAMP)
-	$(PY) -m embedding_sanitizer train --seed 0 --out embedding_sanitizer/weights/minilm-nudity-violence.safetensors
+	$(PY) -m embedding_sanitizer train --seed 0 --force --out embedding_sanitizer/weights/minilm-nudity-violence.safetensors
 
 # Rewrites the shipped training corpus (embedding_sanitizer/data/) from ../shared/data's training part.
 corpus: $(STAMP)

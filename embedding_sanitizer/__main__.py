@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import sys
 import time
 
@@ -42,21 +43,31 @@ def _load(weights, encoder_spec, device=None):
     return model, encoder_for(model, encoder_spec, device)
 
 
+# More than any list of prompts a person scores: a larger --file or stdin (/dev/zero, a
+# disk image) is refused rather than read into memory without end.
+MAX_INPUT_BYTES = 16 * 2 ** 20
+
+
 def _read_prompts(args) -> list[str]:
-    """The prompts to score: the argument words, or the non-blank lines of --file / stdin."""
+    """The prompts to score: each argument, or the non-blank lines of --file / stdin."""
     if args.prompt:
-        prompt = " ".join(args.prompt)
-        _check_text(prompt, "the prompt argument")
-        if not prompt.strip():
-            raise CliError("the prompt argument is empty; pass some words, --file FILE, or lines on stdin")
-        return [prompt.strip()]
+        for number, prompt in enumerate(args.prompt, 1):
+            what = "the prompt argument" if len(args.prompt) == 1 else f"prompt argument {number}"
+            _check_text(prompt, what)
+            if not prompt.strip():
+                raise CliError(f"{what} is empty; pass some words in quotes, --file FILE, or lines on stdin")
+        return [prompt.strip() for prompt in args.prompt]
     where = args.file or "stdin"
     try:
         if args.file:
             with open(args.file, "rb") as f:
-                data = f.read()
+                data = f.read(MAX_INPUT_BYTES + 1)
         else:
-            data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+            stream = sys.stdin.buffer if hasattr(sys.stdin, "buffer") else None
+            data = stream.read(MAX_INPUT_BYTES + 1) if stream else sys.stdin.read(MAX_INPUT_BYTES + 1).encode()
+        if len(data) > MAX_INPUT_BYTES:
+            raise CliError(f"{where} holds more than {MAX_INPUT_BYTES // 2 ** 20} MiB; split the prompts into "
+                           f"smaller files")
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise CliError(f"{where} is not UTF-8 text (byte {exc.start}); pass a text file of prompts, one per line")
@@ -65,6 +76,16 @@ def _read_prompts(args) -> list[str]:
     if "\0" in text:
         raise CliError(f"{where} holds binary data (NUL bytes); pass a text file of prompts, one per line")
     return [line.strip() for line in io.StringIO(text) if line.strip()]
+
+
+def _unread_tokens(encoder, prompt: str) -> int:
+    """How many of the prompt's tokens fall past the encoder's window, counted as the encoder
+    truncates its token ids: a chunked encoder (CLIP) reads them all, 75 a chunk; the others read
+    max_tokens with their specials. (The report's tokens are no measure: they leave out [UNK], an
+    emoji's or a full-width letter's token, which the encoder does read.)"""
+    if encoder.chunk_length:
+        return 0
+    return max(0, len(encoder.token_ids(prompt)) - (encoder.max_tokens - encoder.leading_specials - 1))
 
 
 def _check_text(text: str, what: str) -> None:
@@ -90,7 +111,7 @@ def cmd_score(args):
     colour = sys.stdout.isatty()
     for r in results:
         # Past the encoder's window the words are never scored: say so, never silently.
-        dropped = len(encoder.token_ids(r["prompt"])) - len(r["tokens"])
+        dropped = _unread_tokens(encoder, r["prompt"])
         r["truncated"] = dropped > 0
         if dropped > 0:
             print(f"warning: the prompt is longer than the encoder's {encoder.max_tokens}-token window; its last "
@@ -123,8 +144,13 @@ def cmd_train(args):
     from . import save_sanitizer
     from .encoders import load_encoder
     from .lexicon import builtin_concepts, load_concepts_file
-    from .train import train_sanitizer
+    from .train import check_training, train_sanitizer
+    from .weights import check_writable
 
+    # Everything is checked before the encoder loads: encoding and training take tens of minutes.
+    if os.path.lexists(args.out) and not os.path.isdir(args.out) and not args.force:
+        raise CliError(f"{args.out} exists; pass --force to replace it, or another --out")
+    check_writable(args.out)
     builtin = builtin_concepts()
     names = list(validation.concepts(args.concepts) or ())
     unknown = [n for n in names if n not in builtin]
@@ -135,12 +161,13 @@ def cmd_train(args):
         concepts += load_concepts_file(args.concepts_file)
     if not concepts:
         concepts = list(builtin.values())
-    encoder = load_encoder(args.encoder, args.device)
     config = TrainConfig(steps=args.steps, seed=args.seed, device=args.device,
                          pairs_per_concept=args.pairs, benign=args.benign)
+    check_training(concepts, config)
+    encoder = load_encoder(args.encoder, args.device)
     model, summary = train_sanitizer(encoder, concepts, config)
     summary["command"] = "python -m embedding_sanitizer " + " ".join(sys.argv[1:])
-    out = save_sanitizer(model, args.out, summary)
+    out = save_sanitizer(model, args.out, summary, overwrite=args.force)
     h = summary["heldout"]
     print(f"\nsaved {out} ({out.stat().st_size / 1e6:.1f} MB, {model.parameter_count():,} parameters, "
           f"{summary['train_seconds']} s)\n"
@@ -171,10 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("score", help="per-token scores for prompts (argument, --file, or stdin)")
+    p = sub.add_parser("score", help="per-token scores for prompts (arguments, --file, or stdin)")
     common(p)
-    p.add_argument("prompt", nargs="*", help="the prompt (omit to read --file or stdin, one per line)")
-    p.add_argument("--file", help="read prompts from this file, one per line")
+    p.add_argument("prompt", nargs="*",
+                   help="prompts, each scored on its own: quote one of several words, as in "
+                        "score \"a cat\" \"a dog\" (omit to read --file or stdin, one per line)")
+    p.add_argument("--file", help=f"read prompts from this file, one per line (at most "
+                                  f"{MAX_INPUT_BYTES // 2 ** 20} MiB, as for stdin)")
     p.add_argument("--json", action="store_true", help="one JSON object per prompt per line")
     p.add_argument("--intensity", type=validation.argument(validation.intensity), default=1.0,
                    help=f"0 (off) to {validation.MAX_INTENSITY:g}; 1 = as trained")
@@ -193,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--out", required=True, help="where to write the .safetensors weight file")
+    p.add_argument("--force", action="store_true", help="replace the --out file if it exists")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("measure", help="held-out and real-prompt-set figures for a sanitizer")

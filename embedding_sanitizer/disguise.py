@@ -41,10 +41,11 @@ _CHAR = r"[A-Za-z0-9@$!]"
 _RUNS = [re.compile(rf"(?<![\w.\-]){_CHAR}(?:{sep}{_CHAR}){{2,}}(?!\w)(?![.\-_]\w)")
          for sep in (r"\.", "-", "_", " ")]
 # A word with a look-alike in it: "n4k3d", "7or7ure", "b!tch", "()rgy". A trailing "!" is
-# punctuation. A word of fewer than two letters ("8k", "2021") or a number with its unit
-# ("35mm", "1990s") is no disguise.
+# punctuation, stripped after the match: a pattern that refused to end on "!" would backtrack
+# through a whole run of them from each of its characters, quadratic on "!!!!...". A word of
+# fewer than two letters ("8k", "2021") or a number with its unit ("35mm", "1990s") is no disguise.
 _MEASURE = re.compile(r"\d{2,}[A-Za-z]+")
-_WORD = re.compile(r"(?:[A-Za-z0-9@$!]|\(\))*(?:[A-Za-z0-9@$]|\(\))")
+_WORD = re.compile(r"(?:[A-Za-z0-9@$!]|\(\))+")
 _LOOKALIKE = re.compile(r"[01345789@$!]|\(\)")
 _VOWELS = set("aeiouAEIOU")
 # A misspelled word: four letters or more, in neither word list (data/*_words.txt).
@@ -127,20 +128,28 @@ def _run_edit(match: re.Match, separator: str) -> tuple[int, int, str]:
 def undisguise(text: str) -> Optional[Undisguised]:
     """The plain reading of `text` and where it differs, or None when nothing is disguised."""
     edits: list[tuple[int, int, str, bool]] = []
+    # Which characters an edit already covers: checking a span costs its length, not the
+    # number of edits so far, which a hostile prompt makes as large as it likes.
+    covered = bytearray(len(text))
 
     def free(start, end):
-        return all(end <= a or b <= start for a, b, _, _ in edits)
+        return covered.find(1, start, end) < 0
+
+    def add(start, end, plain, certain):
+        edits.append((start, end, plain, certain))
+        covered[start:end] = b"\1" * (end - start)
 
     for separator, pattern in zip(".-_ ", _RUNS):
         for match in pattern.finditer(text):
             start, end, joined = _run_edit(match, separator)
             if free(start, end):
-                edits.append((start, end, joined, True))
+                add(start, end, joined, True)
     for match in _WORD.finditer(text):
-        word = match.group()
+        word = match.group().rstrip("!")
+        end = match.start() + len(word)
         if sum(c.isalpha() for c in word) >= 2 and _LOOKALIKE.search(word) and not _MEASURE.fullmatch(word) \
-                and free(match.start(), match.end()):
-            edits.append((match.start(), match.end(), _plain_word(word), True))
+                and free(match.start(), end):
+            add(match.start(), end, _plain_word(word), True)
     unknown = 0
     for match in _LETTERS.finditer(text):
         if unknown >= MAX_UNKNOWN_WORDS:
@@ -150,7 +159,7 @@ def undisguise(text: str) -> Optional[Undisguised]:
         unknown += 1
         plain = respelled(match.group())
         if plain is not None:
-            edits.append((match.start(), match.end(), plain, False))
+            add(match.start(), match.end(), plain, False)
     if not edits:
         return None
     edits.sort()

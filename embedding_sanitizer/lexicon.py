@@ -23,6 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Union
 
+from . import validation
 from .paths import PACKAGE_DIR
 
 BUILTIN_FILE = PACKAGE_DIR / "data" / "concepts.json"
@@ -41,8 +42,10 @@ class Concept:
         for attr in ("train_terms", "anchors", "heldout_terms", "safe_contexts", "benign_senses"):
             cleaned = tuple(dict.fromkeys(t.strip() for t in getattr(self, attr) if t.strip()))
             object.__setattr__(self, attr, cleaned)
-        if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
-            raise ValueError(f"concept name {self.name!r} must be a single word (letters, digits, - or _)")
+        if not isinstance(self.name, str) or not self.name.replace("_", "").replace("-", "").isalnum() \
+                or len(self.name) > validation.MAX_CONCEPT_NAME:
+            raise ValueError(f"concept name {self.name!r:.80} must be a single word (letters, digits, - or _) "
+                             f"of at most {validation.MAX_CONCEPT_NAME} characters")
         if not self.train_terms:
             raise ValueError(f"concept '{self.name}' has no terms to train on")
         if not self.anchors:
@@ -55,22 +58,35 @@ def parse_concepts(data, source: str) -> list[Concept]:
     if not isinstance(entries, list) or not entries:
         raise ValueError(f"{source}: expected {{\"concepts\": [{{\"name\", \"terms\", \"anchors\"}}, ...]}}")
     concepts = []
-    for entry in entries:
+    for number, entry in enumerate(entries, 1):
+        if not isinstance(entry, dict):
+            raise ValueError(f"{source}: concept {number} is not an object with name, terms and anchors")
+        missing = [key for key in ("name", "terms", "anchors") if key not in entry]
+        if missing:
+            raise ValueError(f"{source}: concept {number} lacks '{missing[0]}'; each needs name, terms and anchors")
+        if not isinstance(entry["name"], str):
+            raise ValueError(f"{source}: concept {number}'s name must be a string, got {entry['name']!r:.40}")
+        lists = {}
+        for key in ("terms", "anchors", "heldout_terms", "safe_contexts", "benign_senses"):
+            value = entry.get(key, [])
+            # A bare string would be read letter by letter: "clown" as c, l, o, w, n.
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"{source}: concept '{entry['name']:.64}': {key} must be a list of strings "
+                                 f"(e.g. [\"clown\", \"jester\"]), got {value!r:.40}")
+            lists[key] = tuple(value)
         try:
-            concepts.append(Concept(entry["name"], tuple(entry["terms"]), tuple(entry["anchors"]),
-                                    tuple(entry.get("heldout_terms", ())),
-                                    tuple(entry.get("safe_contexts", ())),
-                                    tuple(entry.get("benign_senses", ()))))
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"{source}: a concept entry lacks {exc}; each needs name, terms and anchors") from None
+            concepts.append(Concept(entry["name"], lists["terms"], lists["anchors"], lists["heldout_terms"],
+                                    lists["safe_contexts"], lists["benign_senses"]))
+        except ValueError as exc:
+            raise ValueError(f"{source}: {exc}") from None
     return concepts
 
 
 def load_concepts_file(path: Union[str, Path]) -> list[Concept]:
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=validation.unique_keys)
+    except (OSError, ValueError) as exc:
         raise ValueError(f"could not read concepts from {path}: {exc}") from None
     return parse_concepts(data, str(path))
 

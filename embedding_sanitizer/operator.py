@@ -31,7 +31,7 @@ from typing import Any, Mapping, Optional
 import torch
 
 from .model import DEFAULT_THRESHOLD
-from .validation import MAX_INTENSITY
+from .validation import MAX_INTENSITY, InvalidValue, unique_keys
 
 MARK_KEY = "embedding_sanitizer"
 _KEYS = {"sanitizers", "min_intensity", "threshold", "concepts"}
@@ -63,7 +63,9 @@ def read_operator_config(path: os.PathLike | str) -> OperatorPolicy:
     except OSError as exc:
         raise OperatorConfigError(f"cannot read the operator configuration {path}: {exc.strerror or exc}") from None
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=unique_keys)
+    except InvalidValue as exc:   # a key given twice: json would silently take its last value
+        raise OperatorConfigError(f"{path}: {exc}") from None
     except json.JSONDecodeError as exc:
         raise OperatorConfigError(f"{path} is not valid JSON ({exc})") from None
     return parse_operator_config(data, path)
@@ -95,8 +97,9 @@ def parse_operator_config(data: Any, source: os.PathLike | str) -> OperatorPolic
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
             or not math.isfinite(threshold) or not 0 <= threshold < 1:
         raise OperatorConfigError(f"{where}: 'threshold' must be a number from 0 to below 1, got {threshold!r}")
+    # A null is refused like any other wrong type: read as "absent" it would mean every concept.
     concepts = data.get("concepts")
-    if concepts is not None:
+    if "concepts" in data:
         if not isinstance(concepts, list) or not concepts or \
                 not all(isinstance(c, str) and c.strip() for c in concepts):
             raise OperatorConfigError(f"{where}: 'concepts' must be a non-empty list of concept names "
@@ -112,7 +115,7 @@ def _spec(entry: Any, base: Path, where: str) -> SanitizerSpec:
             or not entry["file"].strip():
         raise OperatorConfigError(f"{where}: expected a file name or {{\"file\": ..., \"sha256\": ...}}")
     digest = entry.get("sha256")
-    if digest is not None and (not isinstance(digest, str) or len(digest) != 64
+    if "sha256" in entry and (not isinstance(digest, str) or len(digest) != 64
                                or any(ch not in "0123456789abcdefABCDEF" for ch in digest)):
         raise OperatorConfigError(f"{where}: 'sha256' must be 64 hexadecimal digits")
     path = Path(os.path.expanduser(entry["file"].strip()))

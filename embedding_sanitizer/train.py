@@ -60,6 +60,32 @@ class TrainConfig:
     device: Optional[str] = None
 
 
+# The counts a training needs at least one of: with none, it fails (or saves nothing useful)
+# only after the encoding, tens of minutes in.
+_COUNTS_FROM_ONE = ("steps", "batch_size", "pairs_per_concept", "benign", "heldout_pairs_per_concept",
+                    "heldout_benign", "encode_batch", "width", "layers", "heads")
+
+
+def check_training(concepts: Sequence[Concept], config: TrainConfig) -> None:
+    """Raise ValueError for concepts or settings that train_sanitizer would fail on only after
+    encoding and training: no concept, a repeated or over-long name, a count below one."""
+    from .weights import MAX_CONCEPTS
+
+    names = [c.name for c in concepts]
+    if not names or len(names) > MAX_CONCEPTS:
+        raise ValueError(f"{len(names)} concepts; a sanitizer erases 1 to {MAX_CONCEPTS}")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"concept {repeated[0]!r} is given twice (a built-in and a concepts file may share a "
+                         f"name); rename one or leave one out")
+    for name in ("weak_prompts", *_COUNTS_FROM_ONE):
+        value, least = getattr(config, name), 0 if name == "weak_prompts" else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name} must be a whole number of at least {least}, got {value!r:.40}")
+    if config.width % config.heads:
+        raise ValueError(f"width {config.width} must be a multiple of heads {config.heads}")
+
+
 @dataclass
 class Cache:
     """Encoder outputs, computed once, kept on the CPU in half precision."""
@@ -182,6 +208,7 @@ class Batches:
 def train_sanitizer(encoder: TextEncoder, concepts: Sequence[Concept], config: TrainConfig = TrainConfig(),
                     progress: Optional[Callable[[int, int, dict], None]] = None):
     """Returns (model, summary). `progress(step, total, losses)` is called often and may raise to stop."""
+    check_training(concepts, config)
     started = time.time()
     torch.manual_seed(config.seed)
     device = pick_device(config.device)

@@ -108,6 +108,17 @@ def concepts(value: Any, known: Optional[Iterable[str]] = None) -> Optional[tupl
     return names
 
 
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """A JSON object_pairs_hook that refuses a key given twice, which json would silently read
+    as its last value: in a settings file that hides which value is meant."""
+    result = {}
+    for key, value in pairs:
+        if key in result:
+            raise InvalidValue(f"the key {_shown(key)} is given twice in one object; keep one")
+        result[key] = value
+    return result
+
+
 def require_finite(what: str, *tensors: Optional[torch.Tensor]) -> None:
     """Raise NonFiniteResult when any given tensor holds NaN or an infinity."""
     for tensor in tensors:

@@ -72,6 +72,28 @@ def save_sanitizer(model: EmbeddingSanitizer, path: Union[str, Path], training: 
     return path
 
 
+def check_writable(path: Union[str, Path]) -> None:
+    """Raise ValueError now where save_sanitizer(path) would fail only after a training of
+    minutes to hours: `path` is a folder, or no file can be made beside it."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give the weight file's name, e.g. {path / 'sanitizer.safetensors'}")
+    folder = path.parent
+    if folder.is_dir():
+        try:     # the same temporary file save_sanitizer makes: a name too long or a read-only disk fails here
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        except OSError as exc:
+            raise ValueError(f"cannot write {path}: {exc.strerror or exc}; choose another place") from None
+        os.close(fd)
+        os.unlink(tmp)
+        return
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write {path}: {existing} is not a folder you can write to; choose another place")
+
+
 def _place_without_replacing(tmp: str, path: Path) -> None:
     """Rename tmp to path unless path exists; a hard link makes the check and the rename one step."""
     try:

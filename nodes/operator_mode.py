@@ -50,7 +50,15 @@ LOG = logging.getLogger("embedding_sanitizer")
 
 
 class SanitizingRefused(RuntimeError):
-    """Enforcement is on and this prompt cannot be sanitized: it must not be sampled."""
+    """Enforcement is on and this prompt cannot be sanitized: it must not be sampled.
+
+    Its message is what every client is told (ComfyUI sends it through /history and the
+    websocket): no paths, digests or error texts, which only the server log gets, as `detail`.
+    Behind a reverse proxy every client looks local, so none is trusted with them."""
+
+    def __init__(self, message: str, detail: str = ""):
+        super().__init__(message)
+        self.detail = detail
 
 
 def config_location() -> Optional[Path]:
@@ -176,17 +184,19 @@ class Enforcer:
         try:
             return self._enforce(base_model, key, entries)
         except SanitizingRefused as exc:
-            LOG.error("%s", exc)
+            LOG.error("%s%s", exc, f". Details: {exc.detail}" if exc.detail else "")
             raise
         except Exception as exc:     # noqa: BLE001  fail closed, whatever went wrong
-            message = (f"Embedding Sanitizer (operator mode) refused to sample: sanitizing the '{key}' "
-                       f"conditioning failed: {exc}")
-            LOG.error("%s", message)
-            raise SanitizingRefused(message) from exc
+            LOG.exception("Embedding Sanitizer (operator mode): sanitizing the '%s' conditioning failed", key)
+            raise SanitizingRefused(
+                f"Embedding Sanitizer (operator mode) refused to sample: sanitizing the '{key}' conditioning "
+                f"failed ({type(exc).__name__}); check that the model's text encoder is the one its sanitizer "
+                f"was trained for (the server log has the details)") from None
 
     def _enforce(self, base_model, key, entries):
         if self.error:
-            raise SanitizingRefused(f"Embedding Sanitizer (operator mode) refused to sample: {self.error}")
+            raise SanitizingRefused("Embedding Sanitizer (operator mode) refused to sample: the operator "
+                                    "configuration is unusable; the server log says why", self.error)
         family = model_family(base_model)
         if family is None or family not in self.files:
             name = type(getattr(base_model, "model_config", base_model)).__name__
@@ -196,7 +206,9 @@ class Enforcer:
                 f"sanitizers are configured for: {', '.join(sorted(self.files))}")
         if family in self.load_errors:
             raise SanitizingRefused(f"Embedding Sanitizer (operator mode) refused to sample: the {family} "
-                                    f"sanitizer did not load: {self.load_errors[family]}")
+                                    f"sanitizer did not load; check its file and sha256 in the operator "
+                                    f"configuration (the server log says why)",
+                                    f"{self.files[family]['path']}: {self.load_errors[family]}")
         model, name = self.models[family], self.files[family]["file"]
         policy = self.policy
         out = []

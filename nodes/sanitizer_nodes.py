@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import folder_paths
@@ -12,6 +13,7 @@ from embedding_sanitizer.model import DEFAULT_THRESHOLD
 from .common import CATEGORY, FOLDER, node_output, register_folder, sanitize_conditioning
 
 register_folder()
+LOG = logging.getLogger("embedding_sanitizer")
 
 INTENSITY = ("FLOAT", {"default": 1.0, "min": 0.0, "max": validation.MAX_INTENSITY, "step": 0.05, "display": "slider",
                        "tooltip": "How strongly flagged tokens are rewritten: 0 = off (output equals input), "
@@ -40,7 +42,10 @@ def _full_path(name: str) -> str:
     getter = getattr(folder_paths, "get_full_path_or_raise", None)
     path = getter(FOLDER, name) if getter else folder_paths.get_full_path(FOLDER, name)
     if not path or not os.path.isfile(path):
-        raise FileNotFoundError(f"Embedding Sanitizer: '{name}' is not in {folder_paths.get_folder_paths(FOLDER)}")
+        # The folders are the server's paths: the log gets them, the client (any client) does not.
+        LOG.error("Embedding Sanitizer: '%s' is not in %s", name, folder_paths.get_folder_paths(FOLDER))
+        raise FileNotFoundError(f"Embedding Sanitizer: '{name:.100}' is not in the sanitizers folder "
+                                f"(models/sanitizers); refresh the list and pick another")
     return path
 
 

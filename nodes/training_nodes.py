@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 
@@ -14,11 +15,13 @@ from embedding_sanitizer import save_sanitizer, validation
 from embedding_sanitizer.corpus import weak_examples
 from embedding_sanitizer.lexicon import Concept, builtin_concepts
 from embedding_sanitizer.train import TrainConfig, prior_prompt_count, train_sanitizer
+from embedding_sanitizer.weights import check_writable
 
 from .common import CATEGORY, FOLDER, register_folder
 from .text_encoders import ComfyTextEncoder
 
 register_folder()
+LOG = logging.getLogger("embedding_sanitizer")
 
 PRESETS = ["nudity + violence", "nudity", "violence", "custom only"]
 
@@ -69,7 +72,8 @@ def _save_beside(model, target: str, summary: dict, overwrite: bool) -> str:
             return path
         except FileExistsError:
             continue
-    raise ValueError(f"Train Embedding Sanitizer: {target} and its numbered alternatives all exist")
+    raise ValueError(f"Train Embedding Sanitizer: {os.path.basename(target)} and its numbered alternatives "
+                     f"all exist in the sanitizers folder")
 
 
 class EmbeddingSanitizerTrain:
@@ -122,7 +126,14 @@ class EmbeddingSanitizerTrain:
         name = _safe_filename(filename)
         target = os.path.join(folder_paths.get_folder_paths(FOLDER)[0], name)
         if os.path.exists(target) and not overwrite:
-            raise ValueError(f"Train Embedding Sanitizer: {target} exists; pick another filename or set overwrite")
+            raise ValueError(f"Train Embedding Sanitizer: {name} exists in the sanitizers folder; pick another "
+                             f"filename or set overwrite")
+        try:
+            check_writable(target)
+        except ValueError as exc:    # its message holds the server's path: the log gets it, the client does not
+            LOG.error("Train Embedding Sanitizer: %s", exc)
+            raise ValueError(f"Train Embedding Sanitizer: cannot write {name} into the sanitizers folder; "
+                             f"the server log says why") from None
         benign = TrainConfig.benign * int(pairs_per_concept) // TrainConfig.pairs_per_concept
         # Every part of the corpus scales with pairs_per_concept, so a small value is a quick trial.
         weak = len(weak_examples(concepts)[0]) * int(pairs_per_concept) // TrainConfig.pairs_per_concept
@@ -155,7 +166,8 @@ class EmbeddingSanitizerTrain:
         saved = _save_beside(model, target, summary, bool(overwrite))
         heldout = summary.get("heldout", {})
         moved = "" if saved == target else f" ({os.path.basename(target)} appeared while training and was kept)"
-        text = (f"saved {saved}{moved}\nencoder {encoder.name} ({encoder.family}), concepts "
+        text = (f"saved {os.path.basename(saved)}{moved}\n"
+                f"encoder {encoder.name} ({encoder.family}), concepts "
                 f"{[c.name for c in concepts]}, steps {steps}, seed {seed}\n"
                 + ", ".join(f"{k} {v}" for k, v in heldout.items())
                 + "".join(f"\nwarning: {w}" for w in summary["warnings"]))

@@ -17,7 +17,7 @@ def cli(*args, stdin=None):
 
 
 def test_score_json_for_one_prompt():
-    out = cli("score", "--json", "a", "nude", "woman", "on", "a", "beach")
+    out = cli("score", "--json", "a nude woman on a beach")
     assert out.returncode == 0, out.stderr
     [line] = out.stdout.strip().splitlines()
     result = json.loads(line)
@@ -41,6 +41,17 @@ def test_score_many_prompts_from_stdin_plain_when_piped(tmp_path):
     json_lines = cli("score", "--json", "--file", str(tmp_path / "p.txt")).stdout.strip().splitlines()
     assert [json.loads(x)["prompt"] for x in json_lines] == ["a cat on a sofa", "a bloody decapitated corpse",
                                                              "a bowl of fruit"]
+
+
+def test_each_argument_is_a_prompt_and_emoji_or_full_width_text_fits_the_window():
+    long_prompt = "a cat " * 100 + "naked"
+    out = cli("score", "--json", "a cat on a sofa \U0001F600", "\uff4e\uff55\uff44\uff45 woman", long_prompt)
+    assert out.returncode == 0, out.stderr
+    results = [json.loads(line) for line in out.stdout.strip().splitlines()]
+    assert [r["prompt"] for r in results] == ["a cat on a sofa \U0001F600", "\uff4e\uff55\uff44\uff45 woman", long_prompt.strip()]
+    # The emoji and the full-width word are one [UNK] token each, well inside the 128-token window.
+    assert [r["truncated"] for r in results] == [False, False, True]
+    assert out.stderr.count("longer than the encoder's 128-token window") == 1
 
 
 def test_intensity_zero_leaves_the_embedding_alone():
@@ -114,6 +125,9 @@ def one_line_error(out, fragment):
     ((b"score", b"--threshold", b"abc", b"a cat"), b"", "not a number"),
     ((b"score", b""), b"", "prompt argument is empty"),
     ((b"score", b"   "), b"", "prompt argument is empty"),
+    ((b"score", b"a cat", b" "), b"", "prompt argument 2 is empty"),
+    ((b"score", b"--file", b"/dev/zero"), b"", "/dev/zero holds more than 16 MiB"),
+    ((b"score",), b"a cat\n" * (3 * 2 ** 20), "stdin holds more than 16 MiB"),
     ((b"score", b"--concepts", b"nudityy", b"a cat"), b"", "unknown concept"),
     ((b"score", b"--concepts", b" , ", b"a cat"), b"", "names no concept"),
     ((b"train", b"--concepts", b"nudityy", b"--out", b"/tmp/x.safetensors"), b"", "unknown built-in"),
@@ -131,3 +145,57 @@ def test_concepts_with_spaces_and_long_prompts_reported_as_truncated():
     assert "longer than the encoder's 128-token window" in out.stderr and "not scored" in out.stderr
     short = json.loads(cli("score", "--json", "--concepts", "nudity, violence", "a nude woman").stdout)
     assert short["truncated"] is False and short["tokens"][1]["erased"]
+
+
+class EncoderLoaded(Exception):
+    """train got past its checks to the (slow) loading of the encoder."""
+
+
+def load_no_encoder(*args):
+    raise EncoderLoaded
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (("--steps", "0"), "steps must be a whole number of at least 1"),
+    (("--pairs", "0"), "pairs_per_concept must be a whole number of at least 1"),
+    (("--benign", "-1"), "benign must be"),
+    (("--concepts", "nudity", "--concepts-file", "{clowns_as_nudity}"), "'nudity' is given twice"),
+    (("--concepts-file", "{long_name}"), "at most 64 characters"),
+    (("--concepts-file", "{terms_as_text}"), "terms must be a list of strings"),
+])
+def test_train_checks_every_argument_before_loading_the_encoder(tmp_path, monkeypatch, capsys, extra, fragment):
+    from embedding_sanitizer import __main__, encoders
+
+    monkeypatch.setattr(encoders, "load_encoder", load_no_encoder)
+    files = {"clowns_as_nudity": {"name": "nudity", "terms": ["clown"], "anchors": ["juggler"]},
+             "long_name": {"name": "c" * 100, "terms": ["clown"], "anchors": ["juggler"]},
+             "terms_as_text": {"name": "clowns", "terms": "clown", "anchors": ["juggler"]}}
+    for name, entry in files.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps({"concepts": [entry]}))
+    extra = [a.format(**{name: tmp_path / f"{name}.json" for name in files}) for a in extra]
+    with pytest.raises(SystemExit) as exited:
+        __main__.main(["train", "--out", str(tmp_path / "new.safetensors"), *extra])
+    stderr = capsys.readouterr().err
+    assert exited.value.code == 2 and fragment in stderr and len(stderr.strip().splitlines()) == 1, stderr
+    assert not (tmp_path / "new.safetensors").exists()
+
+
+def test_train_refuses_an_out_it_could_not_write_or_would_overwrite(tmp_path, monkeypatch, capsys):
+    from embedding_sanitizer import __main__, encoders
+
+    monkeypatch.setattr(encoders, "load_encoder", load_no_encoder)
+    existing = tmp_path / "old.safetensors"
+    existing.write_bytes(b"keep me")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for out, fragment in [(existing, "exists; pass --force"), (tmp_path, "is a folder"),
+                          (blocker / "sub" / "x.safetensors", "is not a folder you can write to"),
+                          (tmp_path / ("x" * 300 + ".safetensors"), "too long")]:
+        with pytest.raises(SystemExit):
+            __main__.main(["train", "--out", str(out)])
+        stderr = capsys.readouterr().err
+        assert fragment in stderr and len(stderr.strip().splitlines()) == 1, stderr
+    assert existing.read_bytes() == b"keep me"
+    # With --force the existing file passes the checks and training would start.
+    with pytest.raises(EncoderLoaded):
+        __main__.main(["train", "--out", str(existing), "--force"])

@@ -1,7 +1,5 @@
 """Reading a prompt through spaced-out letters and look-alikes (embedding_sanitizer.disguise)."""
 
-import time
-
 import pytest
 import torch
 
@@ -49,13 +47,29 @@ def test_only_a_possible_misspelling_is_uncertain():
     assert respelled("topless") is None and respelled("xqzvw") is None
 
 
-def test_a_hostile_prompt_is_read_through_its_first_spans_only_and_quickly():
-    text = " ".join(["h3ll0"] * 5000 + ["qwzrtplk"] * 5000) + " n4k3d"
-    undisguise("warm up the word lists")
-    started = time.perf_counter()
-    found = undisguise(text)
-    assert time.perf_counter() - started < 2.0
+def test_a_hostile_prompt_is_read_through_its_first_spans_only():
+    found = undisguise(" ".join(["h3ll0"] * 5000 + ["qwzrtplk"] * 5000) + " n4k3d")
     assert len(found.spans) == MAX_SPANS and found.plain.startswith("hello hello")
+    assert found.spans[-1].typed == (6 * (MAX_SPANS - 1), 6 * MAX_SPANS - 1)
+
+
+# Each once took time quadratic in its length (seconds at 20,000 characters, minutes at these
+# lengths): a run of "!" backtracked from each of its characters, and every edit was checked
+# against every earlier one. benchmarks/disguise.py measures the time.
+def test_a_long_run_of_exclamation_marks_is_punctuation():
+    assert undisguise("!" * 100_000) is None
+    found = undisguise("b!tch" + "!" * 100_000)
+    assert found.plain == "bitch" + "!" * 100_000 and [s.typed for s in found.spans] == [(0, 5)]
+
+
+def test_tens_of_thousands_of_disguised_spans_keep_the_first_ones():
+    found = undisguise("a.b.c " * 20_000)
+    assert len(found.spans) == MAX_SPANS and found.plain.startswith("abc abc abc")
+    assert found.plain.endswith("a.b.c ") and found.spans[-1].plain == (4 * (MAX_SPANS - 1), 4 * MAX_SPANS - 1)
+
+
+def test_a_long_chain_of_spaced_letters_is_one_run():
+    assert undisguise("x " * 50_000 + "nude").plain == "x" * 50_000 + " nude"
 
 
 class Letters:

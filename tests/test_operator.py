@@ -54,6 +54,11 @@ def test_config_defaults_to_intensity_one_the_hosts_threshold_and_every_concept(
     ({"sanitizers": {"sd1-clip-l": "a"}, "concepts": []}, "non-empty list"),
     ({"sanitizers": {"sd1-clip-l": "a"}, "concepts": "nudity"}, "non-empty list"),
     ({"sanitizers": {"sd1-clip-l": "a"}, "concepts": [""]}, "non-empty list"),
+    # A null read as "absent" would mean every concept, or an unpinned file.
+    ({"sanitizers": {"sd1-clip-l": "a"}, "concepts": None}, "non-empty list"),
+    ({"sanitizers": {"sd1-clip-l": {"file": "a", "sha256": None}}}, "64 hexadecimal"),
+    ({"sanitizers": {"sd1-clip-l": "a"}, "threshold": None}, "below 1"),
+    ({"sanitizers": {"sd1-clip-l": "a"}, "min_intensity": None}, "above 0"),
     ({"sanitizers": {"sd1-clip-l": 3}}, "file name"),
     ({"sanitizers": {"sd1-clip-l": {"file": ""}}}, "file name"),
     ({"sanitizers": {"sd1-clip-l": {"file": "a", "sha": "x"}}}, "file name"),
@@ -72,6 +77,14 @@ def test_config_file_errors_name_the_file(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(OperatorConfigError, match="not valid JSON"):
         read_operator_config(bad)
+    twice = tmp_path / "twice.json"
+    twice.write_text('{"sanitizers": {"sd1-clip-l": "a"}, "min_intensity": 2, "min_intensity": 0.1}')
+    with pytest.raises(OperatorConfigError, match="'min_intensity' is given twice"):
+        read_operator_config(twice)
+    nested = tmp_path / "nested.json"
+    nested.write_text('{"sanitizers": {"sd1-clip-l": {"file": "a", "sha256": "%s", "sha256": "%s"}}}' % ("a" * 64, "b" * 64))
+    with pytest.raises(OperatorConfigError, match="'sha256' is given twice"):
+        read_operator_config(nested)
     good = tmp_path / "good.json"
     good.write_text(json.dumps({"sanitizers": {"sd1-clip-l": "x.safetensors"}}))
     assert read_operator_config(good).source == good

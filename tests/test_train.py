@@ -139,3 +139,47 @@ def test_sdxl_training_learns_the_pooled_head():
     assert model.config.pooled_dim == 1280 and {"pooled", "weak"} <= set(summary["final_losses"])
     assert summary["data"]["weak"] == 40
     assert model.pooled_head.weight.abs().sum() > 0          # moved away from its zero start
+
+
+@pytest.mark.parametrize("entry, fragment", [
+    ({"name": "clowns", "terms": "clown", "anchors": ["juggler"]}, "terms must be a list of strings"),
+    ({"name": "clowns", "terms": ["clown", 3], "anchors": ["juggler"]}, "terms must be a list of strings"),
+    ({"name": "clowns", "terms": ["clown"], "anchors": None}, "anchors must be a list of strings"),
+    ({"name": "clowns", "terms": ["clown"], "anchors": ["juggler"], "heldout_terms": None}, "heldout_terms must"),
+    ({"name": 7, "terms": ["clown"], "anchors": ["juggler"]}, "name must be a string"),
+    ({"name": None, "terms": ["clown"], "anchors": ["juggler"]}, "name must be a string"),
+    ({"name": "c" * 100, "terms": ["clown"], "anchors": ["juggler"]}, "at most 64 characters"),
+    ("clowns", "is not an object"),
+])
+def test_a_concepts_file_of_the_wrong_shape_is_refused_in_one_line(tmp_path, entry, fragment):
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({"concepts": [entry]}))
+    with pytest.raises(ValueError, match=fragment) as caught:
+        load_concepts_file(path)
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_key_given_twice_in_a_concepts_file_is_refused(tmp_path):
+    path = tmp_path / "mine.json"
+    path.write_text('{"concepts": [{"name": "clowns", "terms": ["clown"], "anchors": ["juggler"], '
+                    '"terms": ["mime"]}]}')
+    with pytest.raises(ValueError, match="'terms' is given twice"):
+        load_concepts_file(path)
+
+
+@pytest.mark.parametrize("concepts, settings, fragment", [
+    ([NUDITY, NUDITY], {}, "'nudity' is given twice"),
+    ([], {}, "0 concepts"),
+    ([NUDITY], {"steps": 0}, "steps must be a whole number of at least 1"),
+    ([NUDITY], {"pairs_per_concept": 0}, "pairs_per_concept must be"),
+    ([NUDITY], {"benign": -5}, "benign must be"),
+    ([NUDITY], {"weak_prompts": -1}, "weak_prompts must be a whole number of at least 0"),
+    ([NUDITY], {"width": 66, "heads": 4}, "multiple of heads"),
+])
+def test_training_refuses_what_it_would_fail_on_before_encoding_anything(concepts, settings, fragment):
+    class NeverEncodes:
+        def __getattr__(self, name):
+            raise AssertionError(f"the encoder was used ({name}) before the settings were checked")
+
+    with pytest.raises(ValueError, match=fragment):
+        train_sanitizer(NeverEncodes(), concepts, TrainConfig(device="cpu", **{**TINY, **settings}))

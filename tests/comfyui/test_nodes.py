@@ -280,3 +280,11 @@ def test_valid_widgets_pass_validation(nodes):
     assert nodes["EmbeddingSanitizerApply"].VALIDATE_INPUTS(intensity=4.0, threshold=1.0) is True
     assert nodes["EmbeddingSanitizerApply"].VALIDATE_INPUTS() is True          # linked inputs: checked at run time
     assert nodes["EmbeddingSanitizerCLIPTextEncode"].VALIDATE_INPUTS(intensity=0) is True
+
+
+def test_loader_missing_file_names_no_server_path(nodes, sanitizers_dir):
+    import folder_paths
+    with pytest.raises(FileNotFoundError) as refused:
+        nodes["EmbeddingSanitizerLoader"]().load("gone.safetensors")
+    assert "gone.safetensors" in str(refused.value)
+    assert not any(folder in str(refused.value) for folder in folder_paths.get_folder_paths("sanitizers"))

@@ -5,6 +5,7 @@ The end-to-end server runs are in test_operator_server.py."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 import types
 
@@ -148,11 +149,12 @@ def test_result_equals_the_pack_node_with_the_operators_file(operator_mode, conf
 @pytest.mark.parametrize("case, fragment", [
     ("family", "has no sanitizer for this model (SDXL"),
     ("no embedding", "no text embedding"),
-    ("wrong width", "mismatch"),
-    ("broken config", "not valid JSON"),
+    ("wrong width", "check that the model's text encoder"),
+    ("broken config", "configuration is unusable"),
     ("broken file", "did not load"),
+    ("pinned digest", "did not load; check its file and sha256"),
 ])
-def test_refusals(operator_mode, config, sd1_clip, clip_text_encode, case, fragment):
+def test_refusals(operator_mode, config, sd1_clip, clip_text_encode, case, fragment, caplog):
     entries = converted(encode(clip_text_encode, sd1_clip, PROMPT))
     model = base_model("SD15")
     if case == "family":
@@ -165,10 +167,17 @@ def test_refusals(operator_mode, config, sd1_clip, clip_text_encode, case, fragm
         config.write_text("{")
     elif case == "broken file":
         (config.parent / "sd1.safetensors").write_bytes(b"\x80\x04pickle")
+    elif case == "pinned digest":
+        config.write_text(json.dumps({"sanitizers": {"sd1-clip-l": {"file": "sd1.safetensors", "sha256": "0" * 64}}}))
     enforcer = operator_mode.Enforcer(config)
     with pytest.raises(operator_mode.SanitizingRefused, match="refused to sample") as refused:
         enforcer.enforce(model, "positive", entries)
     assert fragment in str(refused.value)
+    # Every client reads the refusal: the paths and digests are for the server log only.
+    told = str(refused.value)
+    assert str(config.parent) not in told and "0" * 16 not in told and not re.search(r"[0-9a-f]{16}", told)
+    if case in ("broken config", "broken file", "pinned digest"):
+        assert str(config.parent) in caplog.text or "0" * 64 in caplog.text
 
 
 def test_state_never_holds_paths(operator_mode, config):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -110,3 +112,16 @@ def test_a_file_that_appears_during_training_is_kept(nodes, sd1_clip, sanitizers
     assert target.read_bytes() == b"another user's file"
     assert (sanitizers_dir / "appeared-2.safetensors").is_file()
     assert "appeared-2.safetensors (appeared.safetensors appeared while training and was kept)" in out["result"][1]
+
+
+def test_refusals_name_no_server_path(nodes, sd1_clip, sanitizers_dir):
+    import folder_paths
+    folder = Path(folder_paths.get_folder_paths("sanitizers")[0])
+    taken = folder / "taken.safetensors"
+    taken.write_bytes(b"a user's file")
+    try:
+        with pytest.raises(ValueError, match="taken.safetensors exists") as refused:
+            run_train(nodes, sd1_clip, "taken")
+    finally:
+        taken.unlink()
+    assert str(folder) not in str(refused.value)
