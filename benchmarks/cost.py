@@ -6,6 +6,8 @@
 
 Prints, per encoder: median time to encode one prompt (tokenizer + text encoder, batch 1),
 median time to sanitize its embedding, their ratio (median over prompts and worst prompt),
+the time to read the prompt's text as words (terms and disguises; a disguised prompt's second
+encode is not counted) with and without terms in it,
 the same for a batch, and the sanitizer's parameter count. Full-size encoders are the real
 architectures (CLIP ViT-L/14; SDXL = CLIP-L + OpenCLIP bigG) with random weights: their
 cost does not depend on the weights. Their sanitizer has the default's backbone size.
@@ -29,7 +31,9 @@ from embedding_sanitizer.evaluation.cost import file_cost, measure_cost, measure
 def row(label, r):
     return (f"{label:<34} encode {r['encode_ms_median']:8.2f} ms  sanitize {r['sanitize_ms_median']:7.2f} ms  "
             f"ratio {100 * r['ratio_median']:5.2f}% (worst {100 * r['ratio_max']:5.2f}%)  "
-            f"batch {r['batch']}: {100 * r['batch_ratio']:5.2f}%  params {r['sanitizer_parameters']:,}")
+            f"batch {r['batch']}: {100 * r['batch_ratio']:5.2f}%  params {r['sanitizer_parameters']:,}\n"
+            f"{'':<34} reading the text as words: {r['read_ms_median']:.2f} ms, {r['read_terms_ms_median']:.2f} ms "
+            f"with terms; sanitize + reading {100 * r['ratio_with_reading_median']:5.2f}% of an encode")
 
 
 def main(argv=None) -> int:

@@ -222,6 +222,7 @@ def benign_prompts(count: int, seed: int, concepts: Sequence[Concept] = (), nois
         (0.1, lambda: fill(rng.choice(m["CAPTION_TEMPLATES"]), rng)),
         (0.15, lambda: tag_prompt(rng)),
         (0.07, lambda: long_prompt(rng)),
+        (0.07, lambda: camera_tail_prompt(rng)),
         (0.08, lambda: rng.choice((" ", ", ")).join(rng.choice(everyday_words())
                                                     for _ in range(rng.randint(3, 12)))),
         (0.05, lambda: ", ".join(rng.sample(m["NOUNS"], 2) + rng.sample(m["ADJECTIVES"], 2)
@@ -277,13 +278,32 @@ class Example:
     term_span: tuple[int, int]     # unsafe[start:end] is the term (characters: every tokenizer finds it)
 
 
+def styled(marked: str, rng: random.Random) -> str:
+    """A prompt dressed as people write them: a tag list around it, or a quality and camera tail
+    after it. The twins of a pair share the dressing, and benign prompts wear the same
+    (`camera_tail_prompt`, `tag_prompt`), so that style says nothing of a concept."""
+    if rng.random() < 0.5:
+        return f"{marked}, {rng.choice(material()['CAMERA_TAILS'])}"
+    tags = material()["TAGS"]
+    before = rng.sample(tags["quality"], rng.randint(0, 2)) + rng.sample(tags["count"], rng.randint(0, 1))
+    after = rng.sample(tags["feature"] + tags["scene"], rng.randint(1, 3)) + rng.sample(tags["style"], 1)
+    return ", ".join(before + [marked] + after)
+
+
+def camera_tail_prompt(rng: random.Random) -> str:
+    """A benign prompt ending in a quality and camera tail."""
+    return f"{fill(rng.choice(material()['BENIGN_TEMPLATES']), rng)}, {rng.choice(material()['CAMERA_TAILS'])}"
+
+
 def make_pairs(concept: Concept, count: int, seed: int, count_tokens, heldout: bool = False,
-               noisy_share: float = 0.4, long_share: float = 0.2, room: int = 75) -> list[Example]:
+               noisy_share: float = 0.4, long_share: float = 0.2, styled_share: float = 0.3,
+               room: int = 75) -> list[Example]:
     """Unsafe/anchor prompt pairs that differ only in the term, with equal token counts.
 
     count_tokens(text) -> number of tokens without specials, under the encoder's tokenizer.
     A `long_share` of the pairs sits behind a long description, so that a term is known at every
-    position a prompt of up to `room` tokens (the encoder's window) can put it.
+    position a prompt of up to `room` tokens (the encoder's window) can put it; a `styled_share`
+    is dressed as tags or with a camera tail (`styled`).
     """
     rng = random.Random(seed)
     terms = concept.heldout_terms if heldout else concept.train_terms
@@ -303,6 +323,8 @@ def make_pairs(concept: Concept, count: int, seed: int, count_tokens, heldout: b
         if anchor_phrase is None:
             continue
         marked = fill(rng.choice(templates), rng, "\x00")   # the twins share everything but the term
+        if rng.random() < styled_share:
+            marked = styled(marked, rng)
         if rng.random() < long_share:
             marked = ", ".join(caption_run(rng, 1, 8) + [marked])
             if count_tokens(marked.replace("\x00", term)) > room:

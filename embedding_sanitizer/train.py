@@ -29,6 +29,7 @@ from .lexicon import Concept
 from .metrics import evaluate
 from .model import DEFAULT_THRESHOLD, EmbeddingSanitizer, SanitizerConfig, sentence_vector
 from .probe import LogisticProbe
+from .vocabulary import vocabulary_record
 
 # Above this held-out benign touched share, the summary tells the user what to add.
 BENIGN_TOUCHED_WARNING = 0.02
@@ -245,6 +246,8 @@ def train_sanitizer(encoder: TextEncoder, concepts: Sequence[Concept], config: T
         chunk_length=encoder.chunk_length, max_tokens=encoder.max_tokens, width=config.width,
         layers=config.layers, heads=config.heads, encoder_family=encoder.family,
         encoder_name=encoder.name, prompt_prior=config.prompt_prior, prompt_probe=config.prompt_probe)).to(device)
+    # The summary below reads prompts as the hosts will, with the words this file will record.
+    model.metadata = {"training": {"vocabulary": vocabulary_record(concepts)}}
     if config.prompt_prior:
         set_prompt_prior(model, [enc(prior_prompts(c), f"{c.name} terms") for c in concepts], benign)
     losses = fit(model, config, device, unsafe, anchor, unsafe_labels, benign, benign_target, weak, weak_target,
@@ -271,6 +274,8 @@ def train_sanitizer(encoder: TextEncoder, concepts: Sequence[Concept], config: T
         "final_losses": {k: round(v, 5) for k, v in losses.items()},
         "heldout": {**heldout, "threshold": DEFAULT_THRESHOLD} if heldout else heldout,
         "warnings": precision_warnings(heldout, concepts),
+        # The words the hosts look for where they have the text (vocabulary.py), as trained.
+        "vocabulary": vocabulary_record(concepts),
         "train_seconds": round(time.time() - started, 1),
         "device": str(device),
     }

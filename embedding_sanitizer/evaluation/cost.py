@@ -24,6 +24,12 @@ COST_PROMPTS = [
     "a medieval castle on a hill surrounded by fog, matte painting, concept art, volumetric light, "
     "dramatic sky, by greg rutkowski and thomas kinkade, ultra detailed, wide angle",
 ]
+# Prompts that name a concept's term: reading them as words also maps each term to its rows.
+TERM_PROMPTS = [
+    "photo of a nude woman, full body, studio lighting, 85mm, raw photo, 8k uhd",
+    "1boy, solo, nude, penis, erection, muscular, shower, masterpiece, best quality",
+    "a knight decapitated on a battlefield, blood everywhere, gore, dramatic lighting",
+]
 
 
 def _timed(fn, repeats: int) -> float:
@@ -74,6 +80,11 @@ def _measure(encoder, model, prompts, repeats, batch) -> dict:
         out = encoder.encode(many)
         san_b = _timed(lambda: model.sanitize(out.embedding, out.pooled, attention_mask=out.attention_mask),
                        max(2, repeats // 2))
+        # Reading the text as words (disguise.plain_reading, without a disguise: no second encode).
+        from ..disguise import plain_reading
+        rows = {p: encoder.encode([p]).embedding.shape[1] for p in list(prompts) + TERM_PROMPTS}
+        read = [_timed(lambda: plain_reading(model, encoder, [p], rows[p]), repeats) for p in prompts]
+        read_terms = [_timed(lambda: plain_reading(model, encoder, [p], rows[p]), repeats) for p in TERM_PROMPTS]
     ratios = [s / e for s, e in zip(san, enc)]
     return {
         "encoder": f"{encoder.family} ({encoder.name})",
@@ -82,6 +93,9 @@ def _measure(encoder, model, prompts, repeats, batch) -> dict:
         "sanitize_ms_median": 1000 * statistics.median(san),
         "ratio_median": statistics.median(ratios),
         "ratio_max": max(ratios),
+        "read_ms_median": 1000 * statistics.median(read),
+        "read_terms_ms_median": 1000 * statistics.median(read_terms),
+        "ratio_with_reading_median": statistics.median([(s + r) / e for s, r, e in zip(san, read, enc)]),
         "batch": batch,
         "batch_encode_ms": 1000 * enc_b, "batch_sanitize_ms": 1000 * san_b,
         "batch_ratio": san_b / enc_b,
