@@ -10,7 +10,7 @@ import torch
 
 from embedding_sanitizer import EmbeddingSanitizer, SanitizerConfig
 from embedding_sanitizer.model import DEFAULT_THRESHOLD
-from embedding_sanitizer.operator import (MARK_KEY, OperatorConfigError, enforcement_plan, mark_sanitized,
+from embedding_sanitizer.hosts.comfy_operator import (MARK_KEY, OperatorConfigError, enforcement_plan, mark_sanitized,
                                           parse_operator_config, read_operator_config, weights_fingerprint,
                                           with_operator)
 

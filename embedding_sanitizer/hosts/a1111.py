@@ -1,4 +1,4 @@
-"""Host-free logic of the AUTOMATIC1111 / Forge extension (scripts/embedding_sanitizer.py).
+"""Host-free logic of the AUTOMATIC1111 / Forge extension (scripts/sanitizer_script.py).
 
 Nothing here imports the webui (`modules.*`): the conditioning structures are handled by
 duck typing, so unit tests can build look-alikes and CI can run them without a webui.
@@ -27,9 +27,9 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import torch
 
-from . import families, validation
-from .encoders import EncodedBatch, concat_batches, token_span
-from .model import DEFAULT_THRESHOLD
+from .. import families, validation
+from ..encoders import EncodedBatch, concat_batches, token_span
+from ..model import DEFAULT_THRESHOLD
 
 SECTION = ("embedding_sanitizer", "Embedding Sanitizer")
 INFOTEXT_KEY = "Embedding Sanitizer"

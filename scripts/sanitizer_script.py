@@ -1,6 +1,6 @@
 """Embedding Sanitizer for AUTOMATIC1111 (1.6+) and Forge: a thin host adapter.
 
-The logic that needs no webui lives in embedding_sanitizer/a1111.py; the network in embedding_sanitizer/model.py.
+The logic that needs no webui lives in embedding_sanitizer/hosts/a1111.py; the network in embedding_sanitizer/model.py.
 
 Why this hook: the webui builds the conditioning in `p.setup_conds()`, which runs AFTER
 every `process_batch` hook, and the sampler then gets `p.c` (first pass) and `p.hr_c`
@@ -47,7 +47,7 @@ finally:
     sys.path.remove(_ROOT)
 
 from embedding_sanitizer import load_sanitizer, read_metadata  # noqa: E402
-from embedding_sanitizer import a1111 as W  # noqa: E402
+from embedding_sanitizer.hosts import a1111 as W  # noqa: E402
 from embedding_sanitizer import validation  # noqa: E402
 from embedding_sanitizer.disguise import plain_reading  # noqa: E402
 from embedding_sanitizer import report  # noqa: E402

@@ -30,8 +30,8 @@ from typing import Any, Mapping, Optional
 
 import torch
 
-from .model import DEFAULT_THRESHOLD
-from .validation import MAX_INTENSITY
+from ..model import DEFAULT_THRESHOLD
+from ..validation import MAX_INTENSITY
 
 MARK_KEY = "embedding_sanitizer"
 _KEYS = {"sanitizers", "min_intensity", "threshold", "concepts"}
