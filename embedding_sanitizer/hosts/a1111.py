@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 import torch
 
 from .. import families, validation
+from ..disguise import plain_reading
 from ..encoders import EncodedBatch, concat_batches, token_span
 from ..model import DEFAULT_THRESHOLD
 
@@ -55,7 +56,8 @@ PASTE_NAMES = {OPT_WEIGHTS: "Embedding Sanitizer weights", OPT_THRESHOLD: "Embed
 
 # Which sanitizer family fits which model; keys are what `model_family` returns.
 MODEL_FAMILIES = families.webui_families()
-POOLED_IN_VECTOR = {"sdxl-clip-lg": 1280}
+# Width of the pooled output at the start of an SDXL cond's `vector` (the rest are size embeddings).
+POOLED_IN_VECTOR = {f.id: f.pooled_dim for f in families.FAMILIES.values() if f.webui_type and f.pooled_dim}
 
 
 class RefusedGeneration(RuntimeError):
@@ -378,6 +380,24 @@ def sanitize_prompt_schedules(conditioning, fn: Callable, ledger: SanitizeLedger
     return count
 
 
+def sanitize_conditioning(conditioning, model, decision: Decision, ledger: SanitizeLedger, reader=None,
+                          texts: Optional[Sequence[Sequence[tuple[int, str]]]] = None) -> tuple[int, int]:
+    """Sanitize a positive conditioning in place as `decision` says, each entry on the plain
+    reading of its prompt text where `reader` (a WebuiTextReader) and `texts` give one.
+    Returns (distinct conds newly sanitized, how many of them were read plainly)."""
+    read_plainly = []
+
+    def sanitize(embedding, pooled, text):
+        reading = plain_reading(model, reader, [text], embedding.shape[1]) if reader and text else None
+        read_plainly.append(reading is not None)
+        return model.sanitize(embedding, pooled, intensity=decision.intensity, threshold=decision.threshold,
+                              concepts=decision.concepts, plain_reading=reading)
+
+    pooled_dim = POOLED_IN_VECTOR.get(model.config.encoder_family, 0)
+    count = sanitize_prompt_schedules(conditioning, sanitize, ledger, pooled_dim, texts)
+    return count, sum(read_plainly)
+
+
 def schedule_texts(prompts: Sequence[str], parser, steps: int, hires_steps: Optional[int] = None,
                    use_old_scheduling: bool = False) -> list[list[tuple[int, str]]]:
     """(end_at_step, prompt text) of every schedule entry of the positive conditioning the webui
@@ -459,6 +479,53 @@ def poison_conditioning(conditioning, reason: str) -> None:
         for schedules in conditioning:
             schedules.clear()
         raise RefusedGeneration(reason)
+
+
+# ----------------------------------------------------------------------------- the webui's objects
+#
+# Duck-typed readers of the webui's processing object and text engines (A1111 and Forge).
+
+def privatize_caches(p) -> None:
+    """Give p its own positive prompt caches: the webui's class-wide ones (shared by all
+    requests, keyed without our settings) must never hold sanitized or refused conds."""
+    for attr in ("cached_c", "cached_hr_c"):
+        cache = getattr(p, attr, None)
+        if cache is not None and cache is getattr(type(p), attr, None):
+            setattr(p, attr, [None] * len(cache))
+
+
+def schedule_steps(p, stage: str, use_old_scheduling: bool) -> tuple:
+    """The steps the webui built a stage's prompt schedules with (processing.setup_conds): the
+    sampler's total steps, and for the hires pass its own total after them."""
+    first = getattr(p, "firstpass_steps", None) or p.steps
+    hires = None
+    if stage == "hires":
+        hires = (getattr(p, "hr_second_pass_steps", 0) or p.steps) * getattr(p, "step_multiplier", 1)
+    return first, hires, use_old_scheduling
+
+
+def special_ids(engine) -> set:
+    """The text engine's BOS, EOS and padding ids: the rows that hold no prompt token."""
+    return {getattr(engine, a, None) for a in ("id_start", "id_end", "id_pad")} - {None}
+
+
+def text_engine(sd_model):
+    """The webui's CLIP(-L) prompt tokenizer (A1111 hijack wrapper / Forge engine), or None."""
+    for name in ("text_processing_engine", "text_processing_engine_l"):   # Forge
+        engine = getattr(sd_model, name, None)
+        if engine is not None and hasattr(engine, "tokenize_line"):
+            return engine
+    engine = getattr(sd_model, "cond_stage_model", None)                   # A1111 SD 1.x / 2.x
+    if engine is not None and hasattr(engine, "tokenize_line"):
+        return engine
+    for engine in getattr(getattr(sd_model, "conditioner", None), "embedders", []):  # A1111 SDXL
+        if hasattr(engine, "tokenize_line"):
+            return engine
+    return None
+
+
+def first_prompt(p) -> str:
+    return str((getattr(p, "prompts", None) or [p.prompt])[0])
 
 
 # ----------------------------------------------------------------------------- tokens
