@@ -20,6 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Union
 
+from . import validation
 from .paths import PACKAGE_DIR
 
 BUILTIN_FILE = PACKAGE_DIR / "data" / "concepts.json"
@@ -37,8 +38,7 @@ class Concept:
         for attr in ("train_terms", "anchors", "heldout_terms", "safe_contexts"):
             cleaned = tuple(dict.fromkeys(t.strip() for t in getattr(self, attr) if t.strip()))
             object.__setattr__(self, attr, cleaned)
-        if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
-            raise ValueError(f"concept name {self.name!r} must be a single word (letters, digits, - or _)")
+        object.__setattr__(self, "name", validation.concept_name(self.name))
         if not self.train_terms:
             raise ValueError(f"concept '{self.name}' has no terms to train on")
         if not self.anchors:

@@ -95,7 +95,7 @@ class EmbeddingSanitizerTrain:
                                           "tooltip": "Replace an existing file of that name (otherwise an error)."}),
             },
             "optional": {
-                "custom_concept": ("STRING", {"default": "", "tooltip": "Name of your own concept (one word), e.g. 'gore'."}),
+                "custom_concept": ("STRING", {"default": "", "tooltip": "Name of your own concept: one word (letters, digits, - or _), e.g. 'gore'."}),
                 "custom_terms": ("STRING", {"multiline": True, "default": "",
                                             "tooltip": "Terms of your concept, one per line or comma-separated."}),
                 "custom_anchors": ("STRING", {"multiline": True, "default": "",
@@ -174,9 +174,10 @@ class EmbeddingSanitizerTrain:
             if not terms or not anchors:
                 raise ValueError("Train Embedding Sanitizer: a custom concept needs both terms and anchors")
             name = (custom_concept or "custom").strip()
-            if not re.fullmatch(r"[\w\- ]+", name) or len(name) > validation.MAX_CONCEPT_NAME:
-                raise ValueError(f"Train Embedding Sanitizer: custom concept {name!r:.80} must be a short name "
-                                 f"(letters, digits, space, _ -; at most {validation.MAX_CONCEPT_NAME} characters)")
+            try:
+                name = validation.concept_name(name)
+            except validation.InvalidValue as exc:
+                raise ValueError(f"Train Embedding Sanitizer: custom concept: {exc}") from None
             if name in chosen:
                 raise ValueError(f"Train Embedding Sanitizer: the custom concept is named '{name}' like a concept "
                                  f"of the preset '{preset}'; give it another name or choose 'custom only'")

@@ -53,7 +53,8 @@ def test_config_defaults_to_intensity_one_the_hosts_threshold_and_every_concept(
     ({"sanitizers": {"sd1-clip-l": "a"}, "threshold": math.inf}, "below 1"),
     ({"sanitizers": {"sd1-clip-l": "a"}, "concepts": []}, "non-empty list"),
     ({"sanitizers": {"sd1-clip-l": "a"}, "concepts": "nudity"}, "non-empty list"),
-    ({"sanitizers": {"sd1-clip-l": "a"}, "concepts": [""]}, "non-empty list"),
+    ({"sanitizers": {"sd1-clip-l": "a"}, "concepts": [""]}, "names no concept"),
+    ({"sanitizers": {"sd1-clip-l": "a"}, "concepts": ["nude art"]}, "single word"),     # the one name rule
     ({"sanitizers": {"sd1-clip-l": 3}}, "file name"),
     ({"sanitizers": {"sd1-clip-l": {"file": ""}}}, "file name"),
     ({"sanitizers": {"sd1-clip-l": {"file": "a", "sha": "x"}}}, "file name"),

@@ -29,6 +29,7 @@ import torch
 
 from .. import families, validation
 from ..disguise import plain_reading
+from ..enforcement import enforced_strength
 from ..encoders import EncodedBatch, concat_batches, token_span
 from ..model import DEFAULT_THRESHOLD
 
@@ -109,12 +110,11 @@ class Decision:
 
 
 def _floor(value: Any) -> Optional[float]:
-    """A valid minimum intensity (positive), else None."""
+    """A valid minimum intensity, else None."""
     try:
-        value = validation.intensity(value)
+        return validation.minimum_intensity(value)
     except validation.InvalidValue:
         return None
-    return value if value > 0 else None
 
 
 def operator_settings(startup_opts: Mapping[str, Any], flag: bool = False) -> dict:
@@ -157,9 +157,10 @@ def resolve_settings(opts: Mapping[str, Any], ui_enabled: Any = None, ui_intensi
     Never raises.
 
     Enforced (see is_enforced): the sanitizer is active whatever the request says, with the
-    operator's weight file, concepts and threshold from startup (`operator`), and at least
-    the minimum intensity (the higher of the startup one and a live one): a request can only
-    make it stronger. A request value that is not a valid intensity refuses the generation.
+    operator's weight file and concepts from startup (`operator`); intensity and threshold follow
+    enforcement.enforced_strength, with the startup threshold as the ceiling and the higher of
+    the startup and live minimum intensities as the floor: a request can only make it stronger.
+    A request intensity or threshold that is not a valid value refuses the generation.
     Not enforced: invalid values fall back to their defaults, each with a note.
     """
     operator = operator or {}
@@ -188,15 +189,17 @@ def _enforced_decision(opts, ui_enabled, ui_intensity, operator) -> Decision:
     except validation.InvalidValue as exc:
         return _refused(f"the operator's concepts setting is invalid ({exc})", weights)
     try:
-        threshold = validation.threshold(operator.get(OPT_THRESHOLD, DEFAULT_THRESHOLD))
+        ceiling = validation.threshold_ceiling(operator.get(OPT_THRESHOLD, DEFAULT_THRESHOLD))
     except validation.InvalidValue as exc:
         return _refused(f"the operator's {exc}", weights)
     requested = opts.get(OPT_INTENSITY, DEFAULTS[OPT_INTENSITY]) if ui_intensity is None else ui_intensity
     try:
         intensity = validation.intensity(requested)
+        threshold = validation.threshold(opts.get(OPT_THRESHOLD, ceiling))
     except validation.InvalidValue as exc:
         return _refused(f"the requested {exc}", weights)
-    return Decision(True, max(intensity, floor), threshold, concepts, weights.strip(), True)
+    intensity, threshold = enforced_strength(floor, ceiling, intensity, threshold)
+    return Decision(True, intensity, threshold, concepts, weights.strip(), True)
 
 
 def _free_decision(opts, ui_enabled, ui_intensity, operator) -> Decision:
