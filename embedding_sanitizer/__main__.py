@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import sys
@@ -110,12 +111,11 @@ def cmd_demo(args):
     print(f"Embedding Sanitizer demo: {model.config.encoder_name}, concepts {', '.join(model.concepts)}; "
           f"held-out AUROC {info.get('auroc', '?')}")
     colour = sys.stdout.isatty()
-    for intensity in (1.0,):
-        for r in score_prompts(model, encoder, DEMO_PROMPTS, intensity=intensity):
-            moved = 1 - r["cosine"]
-            print(f"\n{r['prompt']}\n  prompt score {r['prompt_score']:.2f} | erased tokens "
-                  f"{r['erased_tokens']} | embedding moved {moved:.4f} (1 - cosine)\n  "
-                  f"{colour_tokens(r['tokens'], colour)}")
+    for r in score_prompts(model, encoder, DEMO_PROMPTS, intensity=1.0):
+        moved = 1 - r["cosine"]
+        print(f"\n{r['prompt']}\n  prompt score {r['prompt_score']:.2f} | erased tokens "
+              f"{r['erased_tokens']} | embedding moved {moved:.4f} (1 - cosine)\n  "
+              f"{colour_tokens(r['tokens'], colour)}")
     print(f"\ndone in {time.time() - started:.1f} s, no network, device cpu")
 
 
@@ -136,8 +136,9 @@ def cmd_train(args):
     if not concepts:
         concepts = list(builtin.values())
     encoder = load_encoder(args.encoder, args.device)
-    config = TrainConfig(steps=args.steps, seed=args.seed, device=args.device,
-                         pairs_per_concept=args.pairs, benign=args.benign)
+    config = TrainConfig(steps=args.steps, seed=args.seed, device=args.device).scaled(args.pairs, concepts)
+    if args.benign is not None:
+        config = dataclasses.replace(config, benign=args.benign)
     model, summary = train_sanitizer(encoder, concepts, config)
     summary["command"] = "python -m embedding_sanitizer " + " ".join(sys.argv[1:])
     out = save_sanitizer(model, args.out, summary)
@@ -188,8 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concepts", help="built-in concepts, comma-separated (default: all built-in)")
     p.add_argument("--concepts-file", help="JSON file of your own concepts (terms, anchors)")
     p.add_argument("--steps", type=int, default=TrainConfig.steps)
-    p.add_argument("--pairs", type=int, default=TrainConfig.pairs_per_concept, help="unsafe/anchor pairs per concept")
-    p.add_argument("--benign", type=int, default=TrainConfig.benign, help="synthetic and real benign prompts")
+    p.add_argument("--pairs", type=int, default=TrainConfig.pairs_per_concept, help="unsafe/anchor pairs per concept; the rest of the corpus scales with it")
+    p.add_argument("--benign", type=int, default=None,
+                   help=f"synthetic and real benign prompts (default: {TrainConfig.benign} at the default --pairs, "
+                        f"in proportion otherwise)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--out", required=True, help="where to write the .safetensors weight file")

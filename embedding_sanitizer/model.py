@@ -48,8 +48,8 @@ class SanitizerConfig:
     pooled_dim: int = 0                 # P of the pooled vector; 0 = no pooled head
     chunk_length: int = 0               # 77 for CLIP families, 0 = whole sequence
     max_tokens: int = 77                # positions the sanitizer has embeddings for
-    width: int = 256                    # d of the backbone
-    layers: int = 2
+    width: int = 192                    # d of the backbone (the network the recipe trains, train.TrainConfig)
+    layers: int = 3
     heads: int = 4
     encoder_family: str = "custom"
     encoder_name: str = "unknown"
