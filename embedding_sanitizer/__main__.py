@@ -146,7 +146,7 @@ def cmd_train(args):
     print(f"\nsaved {out} ({out.stat().st_size / 1e6:.1f} MB, {model.parameter_count():,} parameters, "
           f"{summary['train_seconds']} s)\n"
           f"held-out terms: AUROC {h.get('auroc')}, TPR@1%FPR {h.get('tpr_at_1pct_fpr')}; benign prompts: "
-          f"cosine {h.get('benign_cosine_mean')}, gated share {h.get('benign_gated_share')}")
+          f"cosine {h.get('benign_cosine_mean')}, touched share {h.get('benign_touched_share')}")
     for warning in summary["warnings"]:
         print(f"warning: {warning}")
 

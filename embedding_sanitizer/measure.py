@@ -74,8 +74,8 @@ def supervised_probe(cache: EncodingCache, seed: int = 0) -> LogisticProbe:
     return LogisticProbe().fit(xs, ys)
 
 
-def changed_share(run) -> str:
-    """Share of a set's prompts the sanitizer changed at all (any gate above 0.01)."""
+def touched_share(run) -> str:
+    """Share of a set's prompts the sanitizer touched (any gate above metrics.TOUCHED_GATE)."""
     return f"{100 * float(run.touched.float().mean()):.1f}%"
 
 
@@ -95,12 +95,12 @@ def measure(model, encoder, data_dir, threshold: float = DEFAULT_THRESHOLD, n_sy
              f"threshold {threshold:g}. AUROC columns: sanitizer / zero-shot / supervised baseline.",
              "",
              "| prompt set | unsafe | benign | AUROC (sanitizer / zero-shot / supervised) | TPR@1%FPR "
-             "| unsafe changed | benign touched | benign cosine |",
+             "| unsafe touched | benign touched | benign cosine |",
              "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         method = SanitizerMethod(model, threshold=threshold, score_concepts=row.concepts)
         benign = method.run(cache, row.group.benign.prompts)
-        touched = changed_share(benign)
+        touched = touched_share(benign)
         cosine = f"{float(benign.cosine.mean()):.4f}"
         if row.group.unsafe is None:
             lines.append(f"| {row.label} | - | {len(row.group.benign)} | - | - | - | {touched} | {cosine} |")
@@ -113,6 +113,6 @@ def measure(model, encoder, data_dir, threshold: float = DEFAULT_THRESHOLD, n_sy
         lines.append(f"| {row.label} | {len(row.group.unsafe)} | {len(row.group.benign)} "
                      f"| {auroc(unsafe.score, benign.score):.3f} / "
                      f"{auroc(zero_shot[shot](u_pool), zero_shot[shot](b_pool)):.3f} / {supervised} "
-                     f"| {tpr_at_fpr(unsafe.score, benign.score, 0.01):.3f} | {changed_share(unsafe)} | {touched} "
+                     f"| {tpr_at_fpr(unsafe.score, benign.score, 0.01):.3f} | {touched_share(unsafe)} | {touched} "
                      f"| {cosine} |")
     return "\n".join(lines + [""] + notes)

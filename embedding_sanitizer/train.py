@@ -408,7 +408,7 @@ def fit(model, config: TrainConfig, device, unsafe: Cache, anchor: Cache, unsafe
 
 def precision_warnings(heldout: dict, concepts: Sequence[Concept]) -> list[str]:
     """Plain advice when the sanitizer changes too many held-out benign prompts."""
-    share = heldout.get("benign_gated_share")
+    share = heldout.get("benign_touched_share")
     if share is None or share <= BENIGN_TOUCHED_WARNING:
         return []
     return [f"{100 * share:.1f}% of held-out benign prompts were changed (target at most "
