@@ -27,9 +27,9 @@ DEFAULT_THRESHOLD = 0.5
 
 # Every valid row of a prompt the sanitizer changes gets at least this share of its largest
 # gate: in a contextual encoder the other rows carry the concept too (the erasure loss trains
-# their corrections), and with only the flagged words changed, an independent probe still read
-# 70% of the erased I2P nudity prompts as unsafe (30% with the spread). Below ERASED_GATE (0.5),
-# so the reports still name only the flagged words as erased.
+# their corrections), so changing only the flagged words leaves the prompt readable as unsafe
+# (measured in docs/experiments.md). Below ERASED_GATE (0.5), so the reports still name only the
+# flagged words as erased.
 GATE_SPREAD = 0.4
 
 # A prompt-level weight this large (logits per benign spread, or times the probe's logit)

@@ -312,15 +312,13 @@ def set_prompt_probe(model: EmbeddingSanitizer, unsafe: Cache, unsafe_concepts: 
     """Fit each concept's prompt-level probe: a logistic regression on sentence vectors against the
     benign corpus. Its positives are the real prompts labelled for the concept (I2P, for nudity)
     where the corpus has some, since a probe that also learns from the synthetic prompts learns
-    their templates (measured: AUROC 0.965 against COCO captions, against 0.996 from the real
-    ones alone); else the
-    concept's own unsafe prompts, so a user's concept gets a probe from its own words. Each
+    their templates and ranks real prompts worse (docs/experiments.md); else the concept's own
+    unsafe prompts, so a user's concept gets a probe from its own words. Each
     source weighs the same within its class, so the real negatives (I2P's other prompts, the
     hard line) are not drowned by the benign corpus.
 
     It is fitted after the network trains: trained with it in place, the network let benign
-    tokens' scores drift wherever the probe already held them down (11% of misspelled benign
-    prompts touched)."""
+    tokens' scores drift wherever the probe already held them down."""
     unsafe_vectors, benign_vectors = sentence_vectors(unsafe), sentence_vectors(benign)
     weak_vectors = sentence_vectors(weak) if weak is not None else None
     owner = torch.tensor(unsafe_concepts)

@@ -1,7 +1,7 @@
 """Operator enforcement, host-free: the operator's configuration, and the record a sanitized
 conditioning carries so that enforcement can tell what was already done to it.
 
-The configuration is a JSON file that only the operator can write (see README, "Operators"):
+The configuration is a JSON file that only the operator can write (see docs/comfyui.md, "Operators"):
 
     {"sanitizers": {"sd1-clip-l": "sd15.safetensors",
                     "sdxl-clip-lg": {"file": "/srv/sanitizers/sdxl.safetensors", "sha256": "..."}},
