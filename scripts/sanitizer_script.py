@@ -409,7 +409,8 @@ def on_ui_settings():
     add(W.OPT_ENFORCE, shared.OptionInfo(W.DEFAULTS[W.OPT_ENFORCE], "Enforce on every generation (per-generation and API controls "
                                                 "cannot turn it off; refuse generations it cannot sanitize)",
                                          section=section, restrict_api=True).info(
-        "weight file, concepts and minimum intensity are pinned to their values at startup; restart to change them"))
+        "weight file, concepts, highest threshold and minimum intensity are pinned to their values at startup; "
+        "restart to change them"))
     add(W.OPT_ENFORCE_INTENSITY, shared.OptionInfo(W.DEFAULTS[W.OPT_ENFORCE_INTENSITY], "Minimum intensity when enforced", gr.Slider,
                                                    {**slider, "minimum": 0.05}, section=section, restrict_api=True))
 

@@ -72,7 +72,8 @@ def test_training_is_deterministic_learns_and_reports(minilm):
         assert torch.equal(a, b), k
     assert calls[-1] == (120, 120)
     data = summary["data"]      # what a host's progress bar is told is what gets encoded
-    assert stages == [("training", data["encoded_prompts"]), ("held-out", data["heldout_unsafe"] + data["heldout_benign"])]
+    assert stages == [("training", data["encoded_prompts"]),
+                      ("held-out", data["heldout_unsafe"] + data["heldout_benign"])]
     assert summary["data"]["unsafe_pairs"] > 100 and summary["steps"] == 120
     assert set(summary["final_losses"]) == {"erase", "preserve", "score"}
     assert summary["heldout"]["auroc"] > 0.8      # even 120 steps separate held-out terms
