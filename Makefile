@@ -10,7 +10,7 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-assets.txt
 	$(PY) -m pip install -q --no-deps -r requirements-assets.txt
 	touch $@
 
-.PHONY: install demo test default-weights corpus measure eval eval-quick
+.PHONY: install demo test test-fast default-weights corpus measure eval eval-quick
 install: $(STAMP)
 
 demo: $(STAMP)
@@ -19,7 +19,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -ra
 
-# Retrains the embedded default exactly as committed (see the README for its time on 2 CPU cores).
+# The suite without the tests marked slow: for commits (CI runs `make test`).
+test-fast: $(STAMP)
+	$(PY) -m pytest -ra -m "not slow"
+
+# Retrains the embedded default exactly as committed, with TrainConfig's defaults (time on 2 CPU cores: docs/experiments.md).
 default-weights: $(STAMP)
 	$(PY) -m embedding_sanitizer train --seed 0 --force --out embedding_sanitizer/weights/minilm-nudity-violence.safetensors
 

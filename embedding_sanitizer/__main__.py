@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import os
@@ -131,12 +132,11 @@ def cmd_demo(args):
     print(f"Embedding Sanitizer demo: {model.config.encoder_name}, concepts {', '.join(model.concepts)}; "
           f"held-out AUROC {info.get('auroc', '?')}")
     colour = sys.stdout.isatty()
-    for intensity in (1.0,):
-        for r in score_prompts(model, encoder, DEMO_PROMPTS, intensity=intensity):
-            moved = 1 - r["cosine"]
-            print(f"\n{r['prompt']}\n  prompt score {r['prompt_score']:.2f} | erased tokens "
-                  f"{r['erased_tokens']} | embedding moved {moved:.4f} (1 - cosine)\n  "
-                  f"{colour_tokens(r['tokens'], colour)}")
+    for r in score_prompts(model, encoder, DEMO_PROMPTS, intensity=1.0):
+        moved = 1 - r["cosine"]
+        print(f"\n{r['prompt']}\n  prompt score {r['prompt_score']:.2f} | erased tokens "
+              f"{r['erased_tokens']} | embedding moved {moved:.4f} (1 - cosine)\n  "
+              f"{colour_tokens(r['tokens'], colour)}")
     print(f"\ndone in {time.time() - started:.1f} s, no network, device cpu")
 
 
@@ -161,8 +161,9 @@ def cmd_train(args):
         concepts += load_concepts_file(args.concepts_file)
     if not concepts:
         concepts = list(builtin.values())
-    config = TrainConfig(steps=args.steps, seed=args.seed, device=args.device,
-                         pairs_per_concept=args.pairs, benign=args.benign)
+    config = TrainConfig(steps=args.steps, seed=args.seed, device=args.device).scaled(args.pairs, concepts)
+    if args.benign is not None:
+        config = dataclasses.replace(config, benign=args.benign)
     check_training(concepts, config)
     encoder = load_encoder(args.encoder, args.device)
     model, summary = train_sanitizer(encoder, concepts, config)
@@ -172,7 +173,7 @@ def cmd_train(args):
     print(f"\nsaved {out} ({out.stat().st_size / 1e6:.1f} MB, {model.parameter_count():,} parameters, "
           f"{summary['train_seconds']} s)\n"
           f"held-out terms: AUROC {h.get('auroc')}, TPR@1%FPR {h.get('tpr_at_1pct_fpr')}; benign prompts: "
-          f"cosine {h.get('benign_cosine_mean')}, gated share {h.get('benign_gated_share')}")
+          f"cosine {h.get('benign_cosine_mean')}, touched share {h.get('benign_touched_share')}")
     for warning in summary["warnings"]:
         print(f"warning: {warning}")
 
@@ -218,8 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concepts", help="built-in concepts, comma-separated (default: all built-in)")
     p.add_argument("--concepts-file", help="JSON file of your own concepts (terms, anchors)")
     p.add_argument("--steps", type=int, default=TrainConfig.steps)
-    p.add_argument("--pairs", type=int, default=TrainConfig.pairs_per_concept, help="unsafe/anchor pairs per concept")
-    p.add_argument("--benign", type=int, default=TrainConfig.benign, help="synthetic and real benign prompts")
+    p.add_argument("--pairs", type=int, default=TrainConfig.pairs_per_concept, help="unsafe/anchor pairs per concept; the rest of the corpus scales with it")
+    p.add_argument("--benign", type=int, default=None,
+                   help=f"synthetic and real benign prompts (default: {TrainConfig.benign} at the default --pairs, "
+                        f"in proportion otherwise)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--out", required=True, help="where to write the .safetensors weight file")

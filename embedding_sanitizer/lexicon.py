@@ -42,10 +42,7 @@ class Concept:
         for attr in ("train_terms", "anchors", "heldout_terms", "safe_contexts", "benign_senses"):
             cleaned = tuple(dict.fromkeys(t.strip() for t in getattr(self, attr) if t.strip()))
             object.__setattr__(self, attr, cleaned)
-        if not isinstance(self.name, str) or not self.name.replace("_", "").replace("-", "").isalnum() \
-                or len(self.name) > validation.MAX_CONCEPT_NAME:
-            raise ValueError(f"concept name {self.name!r:.80} must be a single word (letters, digits, - or _) "
-                             f"of at most {validation.MAX_CONCEPT_NAME} characters")
+        object.__setattr__(self, "name", validation.concept_name(self.name))
         if not self.train_terms:
             raise ValueError(f"concept '{self.name}' has no terms to train on")
         if not self.anchors:

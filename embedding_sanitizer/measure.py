@@ -94,8 +94,8 @@ def supervised_probe(cache: EncodingCache, seed: int = 0) -> LogisticProbe:
     return LogisticProbe().fit(xs, ys)
 
 
-def changed_share(run) -> str:
-    """Share of a set's prompts the sanitizer changed at all (any gate above 0.01)."""
+def touched_share(run) -> str:
+    """Share of a set's prompts the sanitizer touched (any gate above metrics.TOUCHED_GATE)."""
     return f"{100 * float(run.touched.float().mean()):.1f}%"
 
 
@@ -120,7 +120,7 @@ def measure(model, encoder, data_dir, threshold: float = DEFAULT_THRESHOLD, n_sy
     for row in rows:
         method = SanitizerMethod(model, threshold=threshold, score_concepts=row.concepts, erase_concepts=row.erase)
         benign = method.run(cache, row.group.benign.prompts)
-        touched = changed_share(benign)
+        touched = touched_share(benign)
         cosine = f"{float(benign.cosine.mean()):.4f}"
         if row.group.unsafe is None:
             lines.append(f"| {row.label} | - | {len(row.group.benign)} | - | - | - | {touched} | {row.target} "
@@ -134,6 +134,6 @@ def measure(model, encoder, data_dir, threshold: float = DEFAULT_THRESHOLD, n_sy
         lines.append(f"| {row.label} | {len(row.group.unsafe)} | {len(row.group.benign)} "
                      f"| {auroc(unsafe.score, benign.score):.3f} / "
                      f"{auroc(zero_shot[shot](u_pool), zero_shot[shot](b_pool)):.3f} / {supervised} "
-                     f"| {tpr_at_fpr(unsafe.score, benign.score, 0.01):.3f} | {changed_share(unsafe)} | {touched} "
+                     f"| {tpr_at_fpr(unsafe.score, benign.score, 0.01):.3f} | {touched_share(unsafe)} | {touched} "
                      f"| {row.target} | {cosine} |")
     return "\n".join(lines + [""] + notes)

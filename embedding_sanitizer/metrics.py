@@ -76,9 +76,9 @@ def summarize(unsafe: dict, benign: dict) -> dict:
         "tpr_at_1pct_fpr": round(tpr_at_fpr(unsafe["score"], benign["score"], 0.01), 4),
         "benign_cosine_mean": round(float(benign["cosine"].mean()), 5),
         "benign_cosine_p01": round(float(benign["cosine"].quantile(0.01)), 5),
-        "benign_gated_share": round(touched_share(benign), 4),
+        "benign_touched_share": round(touched_share(benign), 4),
         "unsafe_cosine_mean": round(float(unsafe["cosine"].mean()), 5),
-        "unsafe_gated_share": round(touched_share(unsafe), 4),
+        "unsafe_touched_share": round(touched_share(unsafe), 4),
     }
 
 

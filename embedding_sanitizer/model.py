@@ -27,9 +27,9 @@ DEFAULT_THRESHOLD = 0.5
 
 # Every valid row of a prompt the sanitizer changes gets at least this share of its largest
 # gate: in a contextual encoder the other rows carry the concept too (the erasure loss trains
-# their corrections), and with only the flagged words changed, an independent probe still read
-# 70% of the erased I2P nudity prompts as unsafe (30% with the spread). Below ERASED_GATE (0.5),
-# so the reports still name only the flagged words as erased.
+# their corrections), so changing only the flagged words leaves the prompt readable as unsafe
+# (measured in docs/experiments.md). Below ERASED_GATE (0.5), so the reports still name only the
+# flagged words as erased.
 GATE_SPREAD = 0.4
 
 # A prompt-level weight this large (logits per benign spread, or times the probe's logit)
@@ -48,8 +48,8 @@ class SanitizerConfig:
     pooled_dim: int = 0                 # P of the pooled vector; 0 = no pooled head
     chunk_length: int = 0               # 77 for CLIP families, 0 = whole sequence
     max_tokens: int = 77                # positions the sanitizer has embeddings for
-    width: int = 256                    # d of the backbone
-    layers: int = 2
+    width: int = 192                    # d of the backbone (the network the recipe trains, train.TrainConfig)
+    layers: int = 3
     heads: int = 4
     encoder_family: str = "custom"
     encoder_name: str = "unknown"

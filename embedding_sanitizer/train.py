@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from typing import Callable, Optional, Sequence
 
@@ -23,7 +23,7 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from .corpus import UNKNOWN, Corpus, Example, build_corpus, heldout_sets
+from .corpus import UNKNOWN, Corpus, Example, build_corpus, heldout_sets, weak_examples
 from .encoders import EncodedBatch, TextEncoder, pick_device
 from .lexicon import Concept
 from .metrics import evaluate
@@ -35,30 +35,49 @@ from .vocabulary import vocabulary_record
 BENIGN_TOUCHED_WARNING = 0.02
 
 
-
 @dataclass
 class TrainConfig:
-    steps: int = 2400
-    batch_size: int = 48
+    """The one training recipe: the CLI, `make default-weights` (the embedded default) and
+    ComfyUI's Train node all start from these defaults; `scaled` sizes the corpus for them."""
+    # optimisation
+    steps: int = 2400                  # AdamW steps, cosine schedule after a short warm-up
+    batch_size: int = 48               # unsafe/anchor pairs per step (twice as many benign, half as many real)
     lr: float = 1e-3
     weight_decay: float = 0.01
-    width: int = 192
-    layers: int = 3
-    heads: int = 4
-    pairs_per_concept: int = 1500
-    benign: int = 8000
+    # the network (its shape is SanitizerConfig's; these only choose it)
+    width: int = SanitizerConfig.width
+    layers: int = SanitizerConfig.layers
+    heads: int = SanitizerConfig.heads
+    # the corpus (corpus.py); `scaled` keeps these in proportion
+    pairs_per_concept: int = 1500      # synthesized unsafe prompts, each with its anchor twin
+    benign: int = 8000                 # synthetic and real benign prompts (anchor twins come on top)
     weak_prompts: int = 100_000        # at most this many prompt-level labelled real prompts (0 = none)
-    heldout_pairs_per_concept: int = 300
-    heldout_benign: int = 1000
-    preserve_weight: float = 1.0
-    score_weight: float = 1.0
-    weak_weight: float = 2.0
-    pooled_weight: float = 1.0
+    heldout_pairs_per_concept: int = 300   # unsafe prompts from held-out terms, for the summary's figures
+    heldout_benign: int = 1000         # benign prompts never trained on, for the summary's figures
+    # loss weights (the loss is in this module's docstring)
+    preserve_weight: float = 1.0       # keep benign embeddings where they are
+    score_weight: float = 1.0          # token scores against token labels
+    weak_weight: float = 2.0           # prompt scores against prompt-level labels
+    pooled_weight: float = 1.0         # the erase and preserve terms on the pooled vector
     prompt_prior: float = 1.0          # weight of the prompt-level prior (model.py); 0 = none
     prompt_probe: float = 0.25         # weight of the prompt-level probe, fitted after training; 0 = none
-    encode_batch: int = 64
-    seed: int = 0
-    device: Optional[str] = None
+    # running
+    encode_batch: int = 64             # prompts per encoder call
+    seed: int = 0                      # corpus and initialisation: same seed, same file
+    device: Optional[str] = None       # None = the best available
+
+    def scaled(self, pairs_per_concept: int, concepts: Sequence[Concept]) -> "TrainConfig":
+        """The recipe with every part of the corpus in proportion to `pairs_per_concept`, so a small
+        value is a quick trial of the same recipe. The held-out sets keep a floor that still gives
+        figures; real labelled prompts are finite, so a larger corpus uses them all."""
+        share = pairs_per_concept / self.pairs_per_concept
+        weak = self.weak_prompts
+        if share < 1:
+            weak = min(weak, round(len(weak_examples(concepts)[0]) * share))
+        return replace(self, pairs_per_concept=pairs_per_concept, benign=round(self.benign * share),
+                       weak_prompts=weak,
+                       heldout_pairs_per_concept=max(16, round(self.heldout_pairs_per_concept * share)),
+                       heldout_benign=max(32, round(self.heldout_benign * share)))
 
 
 # The counts a training needs at least one of: with none, it fails (or saves nothing useful)
@@ -207,8 +226,11 @@ class Batches:
 
 
 def train_sanitizer(encoder: TextEncoder, concepts: Sequence[Concept], config: TrainConfig = TrainConfig(),
-                    progress: Optional[Callable[[int, int, dict], None]] = None):
-    """Returns (model, summary). `progress(step, total, losses)` is called often and may raise to stop."""
+                    progress: Optional[Callable[[int, int, dict], None]] = None,
+                    on_stage: Optional[Callable[[str, int], None]] = None):
+    """Returns (model, summary). `progress(step, total, losses)` is called often and may raise to stop.
+    `on_stage(stage, prompts)` says how many prompts the encoder is about to read: "training"
+    once the corpus is built, "held-out" after training (a host's progress bar counts them)."""
     check_training(concepts, config)
     started = time.time()
     torch.manual_seed(config.seed)
@@ -221,6 +243,11 @@ def train_sanitizer(encoder: TextEncoder, concepts: Sequence[Concept], config: T
     room = encoder.max_tokens - encoder.leading_specials - 1
     corpus: Corpus = build_corpus(concepts, count, config.pairs_per_concept, config.benign, config.seed,
                                   config.weak_prompts, room)
+
+    encoded_prompts = (2 * len(corpus.pairs) + len(corpus.benign) + len(corpus.weak)
+                       + prior_prompt_count(config, concepts))
+    if on_stage:
+        on_stage("training", encoded_prompts)
 
     # 2. Encode it once.
     enc = lambda prompts, label: encode_all(encoder, prompts, config.encode_batch, label, progress)  # noqa
@@ -258,6 +285,8 @@ def train_sanitizer(encoder: TextEncoder, concepts: Sequence[Concept], config: T
     # 4. Measure on held-out terms and prompts.
     heldout_unsafe, heldout_benign = heldout_sets(count, concepts, config.heldout_pairs_per_concept,
                                                   config.heldout_benign, config.seed, set(corpus.benign))
+    if on_stage:
+        on_stage("held-out", len(heldout_unsafe) + len(heldout_benign))
     heldout = evaluate(model, encoder, heldout_unsafe, heldout_benign, config.encode_batch, DEFAULT_THRESHOLD)
     summary = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -266,8 +295,7 @@ def train_sanitizer(encoder: TextEncoder, concepts: Sequence[Concept], config: T
                               "anchors": len(c.anchors), "safe_contexts": len(c.safe_contexts)}
                      for c in concepts},
         "data": {"unsafe_pairs": len(pairs), "benign": len(corpus.benign), "weak": len(corpus.weak),
-                 "encoded_prompts": 2 * len(corpus.pairs) + len(corpus.benign) + len(corpus.weak)
-                 + prior_prompt_count(config, concepts),
+                 "encoded_prompts": encoded_prompts,
                  "heldout_unsafe": len(heldout_unsafe), "heldout_benign": len(heldout_benign)},
         "config": {k: v for k, v in asdict(config).items() if k != "device"},
         "steps": config.steps,
@@ -316,15 +344,13 @@ def set_prompt_probe(model: EmbeddingSanitizer, unsafe: Cache, unsafe_concepts: 
     """Fit each concept's prompt-level probe: a logistic regression on sentence vectors against the
     benign corpus. Its positives are the real prompts labelled for the concept (I2P, for nudity)
     where the corpus has some, since a probe that also learns from the synthetic prompts learns
-    their templates (measured: AUROC 0.965 against COCO captions, against 0.996 from the real
-    ones alone); else the
-    concept's own unsafe prompts, so a user's concept gets a probe from its own words. Each
+    their templates and ranks real prompts worse (docs/experiments.md); else the concept's own
+    unsafe prompts, so a user's concept gets a probe from its own words. Each
     source weighs the same within its class, so the real negatives (I2P's other prompts, the
     hard line) are not drowned by the benign corpus.
 
     It is fitted after the network trains: trained with it in place, the network let benign
-    tokens' scores drift wherever the probe already held them down (11% of misspelled benign
-    prompts touched)."""
+    tokens' scores drift wherever the probe already held them down."""
     unsafe_vectors, benign_vectors = sentence_vectors(unsafe), sentence_vectors(benign)
     weak_vectors = sentence_vectors(weak) if weak is not None else None
     owner = torch.tensor(unsafe_concepts)
@@ -412,7 +438,7 @@ def fit(model, config: TrainConfig, device, unsafe: Cache, anchor: Cache, unsafe
 
 def precision_warnings(heldout: dict, concepts: Sequence[Concept]) -> list[str]:
     """Plain advice when the sanitizer changes too many held-out benign prompts."""
-    share = heldout.get("benign_gated_share")
+    share = heldout.get("benign_touched_share")
     if share is None or share <= BENIGN_TOUCHED_WARNING:
         return []
     return [f"{100 * share:.1f}% of held-out benign prompts were changed (target at most "

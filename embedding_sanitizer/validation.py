@@ -69,6 +69,40 @@ def threshold(value: Any) -> float:
     return number(value, "threshold", 0.0, 1.0)
 
 
+def minimum_intensity(value: Any) -> float:
+    """An operator's enforced minimum intensity: above 0 (0 would enforce nothing) to MAX_INTENSITY."""
+    return _within(value, intensity, lambda v: v > 0,
+                   f"minimum intensity must be a number above 0 and at most {MAX_INTENSITY:g}")
+
+
+def threshold_ceiling(value: Any) -> float:
+    """An operator's enforced threshold: 0 to below 1 (at 1 no score reaches it: nothing is erased)."""
+    return _within(value, threshold, lambda v: v < 1, "threshold ceiling must be a number from 0 to below 1")
+
+
+def _within(value: Any, check, narrower, rule: str) -> float:
+    try:
+        result = check(value)
+    except InvalidValue:
+        result = None
+    if result is None or not narrower(result):
+        raise InvalidValue(f"{rule}, got {_shown(value)}")
+    return result
+
+
+def concept_name(value: Any) -> str:
+    """A concept's name, as weight files record it and users select it: one word of letters,
+    digits, '-' or '_', at most MAX_CONCEPT_NAME characters (surrounding spaces are dropped)."""
+    if not isinstance(value, str):
+        raise InvalidValue(f"a concept name must be a string, got {type(value).__name__} {_shown(value)}")
+    name = value.strip()
+    if not name or not name.replace("_", "").replace("-", "").isalnum():
+        raise InvalidValue(f"concept name {_shown(name)} must be a single word (letters, digits, - or _)")
+    if len(name) > MAX_CONCEPT_NAME:
+        raise InvalidValue(f"concept name {_shown(name)} is longer than {MAX_CONCEPT_NAME} characters")
+    return name
+
+
 def concepts(value: Any, known: Optional[Iterable[str]] = None) -> Optional[tuple[str, ...]]:
     """Concept names to erase, stripped and de-duplicated; None means every concept.
 
@@ -93,12 +127,9 @@ def concepts(value: Any, known: Optional[Iterable[str]] = None) -> Optional[tupl
     else:
         raise InvalidValue(f"concepts must be a comma-separated string or a list of names, "
                            f"got {type(value).__name__} {_shown(value)}")
-    names = tuple(dict.fromkeys(v.strip() for v in items if v.strip()))
+    names = tuple(dict.fromkeys(concept_name(v) for v in items if v.strip()))
     if not names:
         raise InvalidValue(f"concepts {_shown(value)} names no concept")
-    too_long = [n for n in names if len(n) > MAX_CONCEPT_NAME]
-    if too_long:
-        raise InvalidValue(f"concept name {_shown(too_long[0])} is longer than {MAX_CONCEPT_NAME} characters")
     if known is not None:
         known = tuple(known)
         unknown = [n for n in names if n not in known]

@@ -12,7 +12,7 @@ from embedding_sanitizer import SanitizerShapeError, families, validation
 from embedding_sanitizer.conditioning import filled_width, valid_rows
 from embedding_sanitizer.disguise import has_reading, plain_reading
 from embedding_sanitizer.metrics import embedding_cosine
-from embedding_sanitizer.operator import mark_sanitized
+from embedding_sanitizer.hosts.comfy_operator import mark_sanitized
 from embedding_sanitizer.report import format_report, prompt_summary, token_entries, token_report
 
 from .text_encoders import ComfyTextEncoder, clip_family, labels_for

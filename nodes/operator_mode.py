@@ -30,7 +30,7 @@ import folder_paths
 import torch
 
 from embedding_sanitizer import families, load_sanitizer
-from embedding_sanitizer.operator import (MARK_KEY, OperatorConfigError, enforcement_plan, file_sha256,
+from embedding_sanitizer.hosts.comfy_operator import (MARK_KEY, OperatorConfigError, enforcement_plan, file_sha256,
                                           read_operator_config, weights_fingerprint, with_operator)
 
 from .common import sanitize_conditioning

@@ -12,9 +12,8 @@ import folder_paths
 import torch
 
 from embedding_sanitizer import save_sanitizer, validation
-from embedding_sanitizer.corpus import weak_examples
 from embedding_sanitizer.lexicon import Concept, builtin_concepts
-from embedding_sanitizer.train import TrainConfig, prior_prompt_count, train_sanitizer
+from embedding_sanitizer.train import TrainConfig, train_sanitizer
 from embedding_sanitizer.weights import check_writable
 
 from .common import CATEGORY, FOLDER, register_folder
@@ -24,16 +23,6 @@ register_folder()
 LOG = logging.getLogger("embedding_sanitizer")
 
 PRESETS = ["nudity + violence", "nudity", "violence", "custom only"]
-
-
-def expected_prompts(config: TrainConfig, concepts: list[Concept]) -> tuple[int, int]:
-    """About how many prompts train_sanitizer encodes before training (unsafe/anchor twins, benign
-    prompts plus a quarter of the anchors, real prompts with prompt-level labels, the terms that
-    place the prompt-level prior) and after it (held-out prompts)."""
-    pairs = config.pairs_per_concept * len(concepts)
-    weak = min(len(weak_examples(concepts)[0]), config.weak_prompts)
-    return (2 * pairs + config.benign + pairs // 4 + weak + prior_prompt_count(config, concepts),
-            config.heldout_pairs_per_concept * len(concepts) + config.heldout_benign)
 
 
 def _split_terms(text: str) -> list[str]:
@@ -99,7 +88,7 @@ class EmbeddingSanitizerTrain:
                                           "tooltip": "Replace an existing file of that name (otherwise an error)."}),
             },
             "optional": {
-                "custom_concept": ("STRING", {"default": "", "tooltip": "Name of your own concept (one word), e.g. 'gore'."}),
+                "custom_concept": ("STRING", {"default": "", "tooltip": "Name of your own concept: one word (letters, digits, - or _), e.g. 'gore'."}),
                 "custom_terms": ("STRING", {"multiline": True, "default": "",
                                             "tooltip": "Terms of your concept, one per line or comma-separated."}),
                 "custom_anchors": ("STRING", {"multiline": True, "default": "",
@@ -134,35 +123,28 @@ class EmbeddingSanitizerTrain:
             LOG.error("Train Embedding Sanitizer: %s", exc)
             raise ValueError(f"Train Embedding Sanitizer: cannot write {name} into the sanitizers folder; "
                              f"the server log says why") from None
-        benign = TrainConfig.benign * int(pairs_per_concept) // TrainConfig.pairs_per_concept
-        # Every part of the corpus scales with pairs_per_concept, so a small value is a quick trial.
-        weak = len(weak_examples(concepts)[0]) * int(pairs_per_concept) // TrainConfig.pairs_per_concept
-        config = TrainConfig(steps=int(steps), seed=int(seed), pairs_per_concept=int(pairs_per_concept),
-                             benign=benign, weak_prompts=weak, heldout_pairs_per_concept=max(16, pairs_per_concept // 8),
-                             heldout_benign=max(32, benign // 10))
+        config = TrainConfig(steps=int(steps), seed=int(seed)).scaled(int(pairs_per_concept), concepts)
         bar = comfy.utils.ProgressBar(int(steps))
         # The bar shows the training prompts being encoded, the steps, then the held-out prompts
-        # being encoded (prompt counts estimated from the config).
-        to_encode = list(expected_prompts(config, concepts))
-        encoded = 0
+        # being encoded; the trainer says how many prompts each encoding reads.
+        encoding = {"done": 0, "total": 1}
+
+        def on_stage(stage, prompts):
+            encoding.update(done=0, total=max(1, prompts))
 
         def on_encoded(count):
-            nonlocal encoded
-            encoded += count
-            bar.update_absolute(min(encoded, to_encode[0]), to_encode[0])
+            encoding["done"] += count
+            bar.update_absolute(min(encoding["done"], encoding["total"]), encoding["total"])
 
         def progress(step, total, losses):
-            nonlocal encoded
             comfy.model_management.throw_exception_if_processing_interrupted()
             if total:
                 bar.update_absolute(step, total)
-            if total and step == total:
-                encoded, to_encode[0] = 0, to_encode[1]
 
         # ComfyUI runs nodes under torch.inference_mode(); training needs autograd.
         with torch.inference_mode(False), torch.enable_grad():
             encoder = ComfyTextEncoder(clip, on_encoded)
-            model, summary = train_sanitizer(encoder, concepts, config, progress=progress)
+            model, summary = train_sanitizer(encoder, concepts, config, progress=progress, on_stage=on_stage)
         saved = _save_beside(model, target, summary, bool(overwrite))
         heldout = summary.get("heldout", {})
         moved = "" if saved == target else f" ({os.path.basename(target)} appeared while training and was kept)"
@@ -186,9 +168,10 @@ class EmbeddingSanitizerTrain:
             if not terms or not anchors:
                 raise ValueError("Train Embedding Sanitizer: a custom concept needs both terms and anchors")
             name = (custom_concept or "custom").strip()
-            if not re.fullmatch(r"[\w\- ]+", name) or len(name) > validation.MAX_CONCEPT_NAME:
-                raise ValueError(f"Train Embedding Sanitizer: custom concept {name!r:.80} must be a short name "
-                                 f"(letters, digits, space, _ -; at most {validation.MAX_CONCEPT_NAME} characters)")
+            try:
+                name = validation.concept_name(name)
+            except validation.InvalidValue as exc:
+                raise ValueError(f"Train Embedding Sanitizer: custom concept: {exc}") from None
             if name in chosen:
                 raise ValueError(f"Train Embedding Sanitizer: the custom concept is named '{name}' like a concept "
                                  f"of the preset '{preset}'; give it another name or choose 'custom only'")

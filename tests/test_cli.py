@@ -160,7 +160,7 @@ def load_no_encoder(*args):
     (("--pairs", "0"), "pairs_per_concept must be a whole number of at least 1"),
     (("--benign", "-1"), "benign must be"),
     (("--concepts", "nudity", "--concepts-file", "{clowns_as_nudity}"), "'nudity' is given twice"),
-    (("--concepts-file", "{long_name}"), "at most 64 characters"),
+    (("--concepts-file", "{long_name}"), "longer than 64 characters"),
     (("--concepts-file", "{terms_as_text}"), "terms must be a list of strings"),
 ])
 def test_train_checks_every_argument_before_loading_the_encoder(tmp_path, monkeypatch, capsys, extra, fragment):

@@ -10,7 +10,7 @@ import torch
 
 from embedding_sanitizer import EmbeddingSanitizer, SanitizerConfig
 from embedding_sanitizer.model import DEFAULT_THRESHOLD
-from embedding_sanitizer.operator import (MARK_KEY, OperatorConfigError, enforcement_plan, mark_sanitized,
+from embedding_sanitizer.hosts.comfy_operator import (MARK_KEY, OperatorConfigError, enforcement_plan, mark_sanitized,
                                           parse_operator_config, read_operator_config, weights_fingerprint,
                                           with_operator)
 
@@ -53,12 +53,13 @@ def test_config_defaults_to_intensity_one_the_hosts_threshold_and_every_concept(
     ({"sanitizers": {"sd1-clip-l": "a"}, "threshold": math.inf}, "below 1"),
     ({"sanitizers": {"sd1-clip-l": "a"}, "concepts": []}, "non-empty list"),
     ({"sanitizers": {"sd1-clip-l": "a"}, "concepts": "nudity"}, "non-empty list"),
-    ({"sanitizers": {"sd1-clip-l": "a"}, "concepts": [""]}, "non-empty list"),
+    ({"sanitizers": {"sd1-clip-l": "a"}, "concepts": [""]}, "names no concept"),
+    ({"sanitizers": {"sd1-clip-l": "a"}, "concepts": ["nude art"]}, "single word"),     # the one name rule
     # A null read as "absent" would mean every concept, or an unpinned file.
     ({"sanitizers": {"sd1-clip-l": "a"}, "concepts": None}, "non-empty list"),
     ({"sanitizers": {"sd1-clip-l": {"file": "a", "sha256": None}}}, "64 hexadecimal"),
-    ({"sanitizers": {"sd1-clip-l": "a"}, "threshold": None}, "below 1"),
-    ({"sanitizers": {"sd1-clip-l": "a"}, "min_intensity": None}, "above 0"),
+    ({"sanitizers": {"sd1-clip-l": "a"}, "threshold": None}, "threshold"),
+    ({"sanitizers": {"sd1-clip-l": "a"}, "min_intensity": None}, "intensity"),
     ({"sanitizers": {"sd1-clip-l": 3}}, "file name"),
     ({"sanitizers": {"sd1-clip-l": {"file": ""}}}, "file name"),
     ({"sanitizers": {"sd1-clip-l": {"file": "a", "sha": "x"}}}, "file name"),

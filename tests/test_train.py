@@ -63,13 +63,17 @@ def run(encoder, seed, concepts=(NUDITY, VIOLENCE)):
 
 
 def test_training_is_deterministic_learns_and_reports(minilm):
-    calls = []
+    calls, stages = [], []
     model_a, summary = train_sanitizer(minilm, [NUDITY, VIOLENCE], TrainConfig(seed=5, device="cpu", **TINY),
-                                       progress=lambda step, total, losses: calls.append((step, total)))
+                                       progress=lambda step, total, losses: calls.append((step, total)),
+                                       on_stage=lambda stage, prompts: stages.append((stage, prompts)))
     model_b, _ = run(minilm, 5)
     for (k, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values()):
         assert torch.equal(a, b), k
     assert calls[-1] == (120, 120)
+    data = summary["data"]      # what a host's progress bar is told is what gets encoded
+    assert stages == [("training", data["encoded_prompts"]),
+                      ("held-out", data["heldout_unsafe"] + data["heldout_benign"])]
     assert summary["data"]["unsafe_pairs"] > 100 and summary["steps"] == 120
     assert set(summary["final_losses"]) == {"erase", "preserve", "score"}
     assert summary["heldout"]["auroc"] > 0.8      # even 120 steps separate held-out terms
@@ -148,7 +152,7 @@ def test_sdxl_training_learns_the_pooled_head():
     ({"name": "clowns", "terms": ["clown"], "anchors": ["juggler"], "heldout_terms": None}, "heldout_terms must"),
     ({"name": 7, "terms": ["clown"], "anchors": ["juggler"]}, "name must be a string"),
     ({"name": None, "terms": ["clown"], "anchors": ["juggler"]}, "name must be a string"),
-    ({"name": "c" * 100, "terms": ["clown"], "anchors": ["juggler"]}, "at most 64 characters"),
+    ({"name": "c" * 100, "terms": ["clown"], "anchors": ["juggler"]}, "longer than 64 characters"),
     ("clowns", "is not an object"),
 ])
 def test_a_concepts_file_of_the_wrong_shape_is_refused_in_one_line(tmp_path, entry, fragment):
@@ -183,3 +187,12 @@ def test_training_refuses_what_it_would_fail_on_before_encoding_anything(concept
 
     with pytest.raises(ValueError, match=fragment):
         train_sanitizer(NeverEncodes(), concepts, TrainConfig(device="cpu", **{**TINY, **settings}))
+
+
+def test_one_recipe_scaled_by_one_function():
+    concepts = [NUDITY, VIOLENCE]
+    recipe = TrainConfig()
+    assert recipe.scaled(recipe.pairs_per_concept, concepts) == recipe      # the CLI's and the node's default
+    trial = recipe.scaled(recipe.pairs_per_concept // 10, concepts)
+    assert (trial.benign, trial.heldout_pairs_per_concept, trial.heldout_benign) == (800, 30, 100)
+    assert trial.steps == recipe.steps and trial.weak_prompts < recipe.weak_prompts

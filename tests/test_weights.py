@@ -144,7 +144,8 @@ def test_embedded_default_is_valid_and_meets_its_targets():
     heldout = meta["training"]["heldout"]
     assert heldout["auroc"] >= 0.95
     assert heldout["benign_cosine_mean"] >= 0.99
-    assert heldout["benign_gated_share"] <= 0.05
+    # the embedded file was trained before "gated" was renamed "touched"
+    assert heldout.get("benign_touched_share", heldout.get("benign_gated_share")) <= 0.05
     assert meta["training"]["command"].startswith("python -m embedding_sanitizer train")
 
 

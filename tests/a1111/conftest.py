@@ -1,5 +1,5 @@
 """The webui stand-in shared by the A1111 script tests: `modules` and `gradio` look-alikes,
-the script loaded from scripts/embedding_sanitizer.py, and two sanitizer files."""
+the script loaded from scripts/sanitizer_script.py, and two sanitizer files."""
 
 import importlib.util
 import shutil
@@ -13,7 +13,7 @@ from embedding_sanitizer import save_sanitizer
 
 from .test_webui_adapter import active_model
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "embedding_sanitizer.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "sanitizer_script.py"
 
 
 class Opts(types.SimpleNamespace):

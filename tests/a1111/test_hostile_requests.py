@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from embedding_sanitizer import EmbeddingSanitizer, SanitizerConfig, save_sanitizer
-from embedding_sanitizer import a1111 as W
+from embedding_sanitizer.hosts import a1111 as W
 
 from .test_script_with_stub_webui import FakeP
 

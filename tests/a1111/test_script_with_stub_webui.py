@@ -1,4 +1,4 @@
-"""The thin Script (scripts/embedding_sanitizer.py) driven through its hooks, with stand-ins
+"""The thin Script (scripts/sanitizer_script.py) driven through its hooks, with stand-ins
 for the webui's `modules` and `gradio`, the way A1111 1.9+ / Forge call them."""
 
 import types
@@ -6,7 +6,7 @@ import types
 import pytest
 import torch
 
-from embedding_sanitizer import a1111 as W
+from embedding_sanitizer.hosts import a1111 as W
 
 from .test_webui_adapter import (ClipTextEngine, ComposableScheduledPromptConditioning, MulticondLearnedConditioning,
                                  PromptParser, ScheduledPromptConditioning, active_model, sd1_cond)

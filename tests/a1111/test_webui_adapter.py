@@ -1,4 +1,4 @@
-"""Unit tests of embedding_sanitizer/a1111.py: the A1111 / Forge adapter logic that needs no webui.
+"""Unit tests of embedding_sanitizer/hosts/a1111.py: the A1111 / Forge adapter logic that needs no webui.
 
 The webui's conditioning structures are rebuilt here with the same shapes and attribute
 names as modules/prompt_parser.py (A1111 1.6-1.10, Forge)."""
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from embedding_sanitizer import EmbeddingSanitizer, SanitizerConfig
-from embedding_sanitizer import a1111 as W
+from embedding_sanitizer.hosts import a1111 as W
 
 ScheduledPromptConditioning = namedtuple("ScheduledPromptConditioning", ["end_at_step", "cond"])
 

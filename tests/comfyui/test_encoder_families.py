@@ -1,7 +1,7 @@
 """Every text encoder ComfyUI loads: family identity, token labels, whole sequences, batched encoding.
 
 SD 1.x / SDXL run on the vendored ComfyUI (March 2024), which has no T5 and no SD3 / Flux. The
-tests marked `newer_comfy` need ComfyUI 0.3.x (COMFYUI_ROOT=...; see tests/comfyui/run_newer_comfyui.sh)
+tests marked `newer_comfy` need ComfyUI 0.3.x (COMFYUI_ROOT=...; see tools/comfyui/run_newer_comfyui.sh)
 and are skipped otherwise: T5-base through CLIPLoader type stable_audio, SD3 (CLIP-L + CLIP-G,
 with and without a one-layer T5-XXL), Flux (CLIP-L + a one-layer T5-XXL), training on T5-base and
 on SD3 with T5.
@@ -40,7 +40,7 @@ def _pack_loaded(pack):
 
 def newer(comfy_sd):
     if not hasattr(comfy_sd, "CLIPType") or not hasattr(comfy_sd.CLIPType, "FLUX"):
-        pytest.skip("needs ComfyUI 0.3.x (T5, SD3, Flux); run tests/comfyui/run_newer_comfyui.sh")
+        pytest.skip("needs ComfyUI 0.3.x (T5, SD3, Flux); run tools/comfyui/run_newer_comfyui.sh")
 
 
 def one_by_one(clip, prompts):

@@ -97,7 +97,7 @@ def test_workflow_matches_node_definitions(path, all_nodes, pack, comfy_sd):
     if not hasattr(comfy_sd, "CLIPType") or not hasattr(comfy_sd.CLIPType, "FLUX"):
         newer = sorted({n["type"] for n in data["nodes"]} & NEWER_NODES)
         if newer:
-            pytest.skip(f"{path.name} uses {newer} of ComfyUI 0.3.x; run tests/comfyui/run_newer_comfyui.sh")
+            pytest.skip(f"{path.name} uses {newer} of ComfyUI 0.3.x; run tools/comfyui/run_newer_comfyui.sh")
     data["nodes"] = [n for n in data["nodes"] if n["type"] not in FRONTEND_ONLY]
     nodes_by_id = {n["id"]: n for n in data["nodes"]}
     assert len(nodes_by_id) == len(data["nodes"])

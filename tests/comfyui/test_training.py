@@ -83,8 +83,9 @@ GORE = dict(custom_terms="gore, guts", custom_anchors="paint, ribbons")
     ("trailing.", {}, "reserves"),
     ("x", dict(preset="nudity", custom_concept="nudity", **GORE), "named 'nudity' like a concept"),
     ("x", dict(preset="nudity + violence", custom_concept=" violence ", **GORE), "like a concept"),
-    ("x", dict(custom_concept="gore, blood", **GORE), "short name"),
-    ("x", dict(custom_concept="g+b", **GORE), "short name"),
+    ("x", dict(custom_concept="gore, blood", **GORE), "single word"),
+    ("x", dict(custom_concept="g+b", **GORE), "single word"),
+    ("x", dict(custom_concept="gore blood", **GORE), "single word"),
 ])
 def test_bad_requests_are_refused_before_encoding(nodes, sd1_clip, monkeypatch, filename, kw, message):
     import sys

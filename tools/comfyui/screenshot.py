@@ -2,7 +2,7 @@
 headless Chromium, and write the screenshots the README shows (docs/token_scores.png and
 docs/token_scores_dark.png). Not a test; run by hand:
 
-    python tests/comfyui/screenshot.py --comfyui /path/to/ComfyUI [--out-dir docs]
+    python tools/comfyui/screenshot.py --comfyui /path/to/ComfyUI [--out-dir docs]
 
 Needs a current ComfyUI checkout whose Python has the frontend package, chromium on PATH, and
 aiohttp. Uses a random-weight CLIP-L and a random (not trained) sanitizer: the colours show the
@@ -34,13 +34,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE.parent))
-import cdp  # noqa: E402  (tests/cdp.py)
+import cdp  # noqa: E402  (tools/cdp.py)
 PROMPT = "a photo of a nude woman holding a bloody knife in a dark alley"
 SANITIZER = "demo-sd15.safetensors"
 EXAMPLE_SANITIZER = "my-sd15-sanitizer.safetensors"      # the file name the example workflows use
 OUR_NODES = ("Load Embedding Sanitizer", "Sanitize Conditioning", "CLIP Text Encode (Sanitized)",
              "Train Embedding Sanitizer")
-SAVED_WORKFLOWS = sorted((HERE / "data").glob("saved_*_workflow.json"))
+SAVED_WORKFLOWS = sorted((REPO / "tests" / "comfyui" / "data").glob("saved_*_workflow.json"))
 
 
 def make_models(base: Path, comfy_root: Path):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Local end-to-end check of the extension inside a real webui on CPU (not a CI test).
 #
-#   tests/a1111/run_in_webui.sh <webui checkout> <python of a venv with the webui's requirements>
+#   tools/a1111/run_in_webui.sh <webui checkout> <python of a venv with the webui's requirements>
 #
 # The webui checkout is a plain source tree (`git archive` of
 # lllyasviel/stable-diffusion-webui-forge or AUTOMATIC1111/stable-diffusion-webui) with its

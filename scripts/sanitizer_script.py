@@ -1,6 +1,6 @@
 """Embedding Sanitizer for AUTOMATIC1111 (1.6+) and Forge: a thin host adapter.
 
-The logic that needs no webui lives in embedding_sanitizer/a1111.py; the network in embedding_sanitizer/model.py.
+The logic that needs no webui lives in embedding_sanitizer/hosts/a1111.py; the network in embedding_sanitizer/model.py.
 
 Why this hook: the webui builds the conditioning in `p.setup_conds()`, which runs AFTER
 every `process_batch` hook, and the sampler then gets `p.c` (first pass) and `p.hr_c`
@@ -47,9 +47,8 @@ finally:
     sys.path.remove(_ROOT)
 
 from embedding_sanitizer import load_sanitizer, read_metadata  # noqa: E402
-from embedding_sanitizer import a1111 as W  # noqa: E402
+from embedding_sanitizer.hosts import a1111 as W  # noqa: E402
 from embedding_sanitizer import validation  # noqa: E402
-from embedding_sanitizer.disguise import plain_reading  # noqa: E402
 from embedding_sanitizer import report  # noqa: E402
 from embedding_sanitizer.report import token_report  # noqa: E402
 
@@ -112,51 +111,16 @@ def loaded_model_family():
     return W.model_family(is_sdxl, is_sd2, bool(getattr(m, "is_sd1", not (is_sdxl or is_sd2 or other))))
 
 
+def schedule_steps(p, stage):
+    return W.schedule_steps(p, stage, bool(getattr(shared.opts, "use_old_scheduling", False)))
+
+
 def log(event: dict):
     if event.get("warning"):
         print(f"*** {event['warning']}", file=sys.stderr)
     if DEBUG_LOG:
         with open(DEBUG_LOG, "a", encoding="utf-8") as f:
             f.write(json.dumps({"time": time.time(), **event}) + "\n")
-
-
-def privatize_caches(p):
-    """Give p its own positive prompt caches: the webui's class-wide ones (shared by all
-    requests, keyed without our settings) must never hold sanitized or refused conds."""
-    for attr in ("cached_c", "cached_hr_c"):
-        cache = getattr(p, attr, None)
-        if cache is not None and cache is getattr(type(p), attr, None):
-            setattr(p, attr, [None] * len(cache))
-
-
-def schedule_steps(p, stage: str) -> tuple:
-    """The steps the webui built a stage's prompt schedules with (processing.setup_conds): the
-    sampler's total steps, and for the hires pass its own total after them."""
-    first = getattr(p, "firstpass_steps", None) or p.steps
-    hires = None
-    if stage == "hires":
-        hires = (getattr(p, "hr_second_pass_steps", 0) or p.steps) * getattr(p, "step_multiplier", 1)
-    return first, hires, bool(getattr(shared.opts, "use_old_scheduling", False))
-
-
-def special_ids(engine) -> set:
-    """The text engine's BOS, EOS and padding ids: the rows that hold no prompt token."""
-    return {getattr(engine, a, None) for a in ("id_start", "id_end", "id_pad")} - {None}
-
-
-def text_engine(sd_model):
-    """The webui's CLIP(-L) prompt tokenizer (A1111 hijack wrapper / Forge engine), or None."""
-    for name in ("text_processing_engine", "text_processing_engine_l"):   # Forge
-        engine = getattr(sd_model, name, None)
-        if engine is not None and hasattr(engine, "tokenize_line"):
-            return engine
-    engine = getattr(sd_model, "cond_stage_model", None)                   # A1111 SD 1.x / 2.x
-    if engine is not None and hasattr(engine, "tokenize_line"):
-        return engine
-    for engine in getattr(getattr(sd_model, "conditioner", None), "embedders", []):  # A1111 SDXL
-        if hasattr(engine, "tokenize_line"):
-            return engine
-    return None
 
 
 class EmbeddingSanitizerScript(scripts.Script):
@@ -227,7 +191,7 @@ class EmbeddingSanitizerScript(scripts.Script):
         if not d.active:
             return
         try:
-            privatize_caches(p)
+            W.privatize_caches(p)
             self.choose_weights(p, state)
         except Exception as e:
             self.fail(p, state, f"Embedding Sanitizer: cannot set up this generation ({e})")
@@ -304,7 +268,7 @@ class EmbeddingSanitizerScript(scripts.Script):
             return
 
         def work():
-            privatize_caches(p)
+            W.privatize_caches(p)
             p.setup_conds()
             if self.state(p, enabled, intensity, p.c) is not None:
                 self.apply(p, p.c, p.uc, "first")
@@ -342,18 +306,9 @@ class EmbeddingSanitizerScript(scripts.Script):
             first = W.schedule_lists(c)[0][0].cond
             device = (first["crossattn"] if isinstance(first, dict) else first).device
             model = load(state["weights"], device)
-            pooled_dim = W.POOLED_IN_VECTOR.get(model.config.encoder_family, 0)
             reader, texts = self.text_reading(p, stage)
-            read_plainly = []
-
-            def fn(emb, pooled, text):
-                reading = plain_reading(model, reader, [text], emb.shape[1]) if reader and text else None
-                read_plainly.append(reading is not None)
-                return model.sanitize(emb, pooled, intensity=d.intensity, threshold=d.threshold,
-                                      concepts=d.concepts, plain_reading=reading)
-
             before = len(state["ledger"].results)
-            n = W.sanitize_prompt_schedules(c, fn, state["ledger"], pooled_dim, texts)
+            n, read_plainly = W.sanitize_conditioning(c, model, d, state["ledger"], reader, texts)
         except Exception as e:
             if d.enforced:
                 raise
@@ -370,13 +325,13 @@ class EmbeddingSanitizerScript(scripts.Script):
         value = W.format_infotext(state["weights"], d, state["erased"])
         p.extra_generation_params[W.INFOTEXT_KEY] = value
         if display:
-            DISPLAYS.put(first_prompt(p), value, display[0])
+            DISPLAYS.put(W.first_prompt(p), value, display[0])
         log({"event": "sanitized", "stage": stage, "new_conds": n, "erased_tokens": state["erased"],
              "weights": state["weights"], "intensity": d.intensity, "enforced": d.enforced,
              "positive_max_change": W.max_change(state["ledger"]),
              "negative_untouched": uc is None or W.conditioning_signature(uc) == uc_before,
-             "negative_conds": 0 if uc is None else len(uc_before), "read_plainly": sum(read_plainly),
-             "prompt": first_prompt(p)})
+             "negative_conds": 0 if uc is None else len(uc_before), "read_plainly": read_plainly,
+             "prompt": W.first_prompt(p)})
 
     @staticmethod
     def text_reading(p, stage):
@@ -384,7 +339,7 @@ class EmbeddingSanitizerScript(scripts.Script):
         (None, None) where they cannot be had: then the conds are sanitized on their own reading."""
         try:
             from modules import devices, prompt_parser
-            engine = text_engine(p.sd_model)
+            engine = W.text_engine(p.sd_model)
             if engine is None:
                 return None, None
             prompts = getattr(p, "hr_prompts", None) if stage == "hires" else None
@@ -394,7 +349,7 @@ class EmbeddingSanitizerScript(scripts.Script):
             def conditioning(texts):
                 with devices.autocast():      # as the webui builds its conds
                     return p.sd_model.get_learned_conditioning(texts)
-            return W.WebuiTextReader(conditioning, engine.tokenize_line, special_ids(engine)), texts
+            return W.WebuiTextReader(conditioning, engine.tokenize_line, W.special_ids(engine)), texts
         except Exception as e:
             log({"event": "text-reading-unavailable", "error": repr(e)})
             return None, None
@@ -403,11 +358,11 @@ class EmbeddingSanitizerScript(scripts.Script):
         """(HTML of the first image's prompt parts with their token scores, how many of its
         tokens were erased), or None when the prompt cannot be tokenized."""
         try:
-            engine = text_engine(p.sd_model)
+            engine = W.text_engine(p.sd_model)
             from modules import prompt_parser
-            parts = W.schedule_texts([first_prompt(p)], prompt_parser, *schedule_steps(p, "first"))
+            parts = W.schedule_texts([W.first_prompt(p)], prompt_parser, *schedule_steps(p, "first"))
             tok = getattr(engine, "tokenizer", None)
-            specials = special_ids(engine)
+            specials = W.special_ids(engine)
             html_parts, erased = [], 0
             for composable, texts in zip(c.batch[0], parts):
                 for entry, (_, text) in zip(composable.schedules, texts):
@@ -427,9 +382,6 @@ class EmbeddingSanitizerScript(scripts.Script):
             log({"event": "display-failed", "error": repr(e)})
             return None
 
-
-def first_prompt(p) -> str:
-    return str((getattr(p, "prompts", None) or [p.prompt])[0])
 
 
 # ------------------------------------------------------------------------------ callbacks
@@ -457,7 +409,8 @@ def on_ui_settings():
     add(W.OPT_ENFORCE, shared.OptionInfo(W.DEFAULTS[W.OPT_ENFORCE], "Enforce on every generation (per-generation and API controls "
                                                 "cannot turn it off; refuse generations it cannot sanitize)",
                                          section=section, restrict_api=True).info(
-        "weight file, concepts and minimum intensity are pinned to their values at startup; restart to change them"))
+        "weight file, concepts, highest threshold and minimum intensity are pinned to their values at startup; "
+        "restart to change them"))
     add(W.OPT_ENFORCE_INTENSITY, shared.OptionInfo(W.DEFAULTS[W.OPT_ENFORCE_INTENSITY], "Minimum intensity when enforced", gr.Slider,
                                                    {**slider, "minimum": 0.05}, section=section, restrict_api=True))
 

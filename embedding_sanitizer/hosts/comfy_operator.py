@@ -1,7 +1,7 @@
 """Operator enforcement, host-free: the operator's configuration, and the record a sanitized
 conditioning carries so that enforcement can tell what was already done to it.
 
-The configuration is a JSON file that only the operator can write (see README, "Operators"):
+The configuration is a JSON file that only the operator can write (see docs/comfyui.md, "Operators"):
 
     {"sanitizers": {"sd1-clip-l": "sd15.safetensors",
                     "sdxl-clip-lg": {"file": "/srv/sanitizers/sdxl.safetensors", "sha256": "..."}},
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import weakref
 from dataclasses import dataclass, replace
@@ -30,8 +29,9 @@ from typing import Any, Mapping, Optional
 
 import torch
 
-from .model import DEFAULT_THRESHOLD
-from .validation import MAX_INTENSITY, InvalidValue, unique_keys
+from ..model import DEFAULT_THRESHOLD
+from .. import validation
+from ..enforcement import enforced_strength, is_strong_enough
 
 MARK_KEY = "embedding_sanitizer"
 _KEYS = {"sanitizers", "min_intensity", "threshold", "concepts"}
@@ -63,8 +63,8 @@ def read_operator_config(path: os.PathLike | str) -> OperatorPolicy:
     except OSError as exc:
         raise OperatorConfigError(f"cannot read the operator configuration {path}: {exc.strerror or exc}") from None
     try:
-        data = json.loads(text, object_pairs_hook=unique_keys)
-    except InvalidValue as exc:   # a key given twice: json would silently take its last value
+        data = json.loads(text, object_pairs_hook=validation.unique_keys)
+    except validation.InvalidValue as exc:   # a key given twice: json would silently take its last value
         raise OperatorConfigError(f"{path}: {exc}") from None
     except json.JSONDecodeError as exc:
         raise OperatorConfigError(f"{path} is not valid JSON ({exc})") from None
@@ -88,24 +88,22 @@ def parse_operator_config(data: Any, source: os.PathLike | str) -> OperatorPolic
         if not family.strip():
             raise OperatorConfigError(f"{where}: an encoder family name is empty")
         sanitizers[family] = _spec(entry, source.parent, f"{where}: sanitizers.{family}")
-    min_intensity = data.get("min_intensity", 1.0)
-    if isinstance(min_intensity, bool) or not isinstance(min_intensity, (int, float)) \
-            or not math.isfinite(min_intensity) or not 0 < min_intensity <= MAX_INTENSITY:
-        raise OperatorConfigError(f"{where}: 'min_intensity' must be a number above 0 and at most "
-                                  f"{MAX_INTENSITY:g}, got {min_intensity!r}")
-    threshold = data.get("threshold", DEFAULT_THRESHOLD)
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
-            or not math.isfinite(threshold) or not 0 <= threshold < 1:
-        raise OperatorConfigError(f"{where}: 'threshold' must be a number from 0 to below 1, got {threshold!r}")
+    try:
+        min_intensity = validation.minimum_intensity(data.get("min_intensity", 1.0))
+        threshold = validation.threshold_ceiling(data.get("threshold", DEFAULT_THRESHOLD))
+    except validation.InvalidValue as exc:
+        raise OperatorConfigError(f"{where}: {exc}") from None
     # A null is refused like any other wrong type: read as "absent" it would mean every concept.
     concepts = data.get("concepts")
     if "concepts" in data:
-        if not isinstance(concepts, list) or not concepts or \
-                not all(isinstance(c, str) and c.strip() for c in concepts):
+        if not isinstance(concepts, list) or not concepts:
             raise OperatorConfigError(f"{where}: 'concepts' must be a non-empty list of concept names "
                                       f"(or absent for every concept of each weight file)")
-        concepts = tuple(dict.fromkeys(c.strip() for c in concepts))
-    return OperatorPolicy(sanitizers, float(min_intensity), float(threshold), concepts, source)
+        try:
+            concepts = validation.concepts(concepts)
+        except validation.InvalidValue as exc:
+            raise OperatorConfigError(f"{where}: 'concepts': {exc}") from None
+    return OperatorPolicy(sanitizers, min_intensity, threshold, concepts, source)
 
 
 def _spec(entry: Any, base: Path, where: str) -> SanitizerSpec:
@@ -200,8 +198,7 @@ def enforcement_plan(mark: Any, embedding, pooled, fingerprint: str, policy: Ope
     """Keep an entry a workflow's node sanitized with the operator's own weights, at least the
     minimum intensity, at most the operator's threshold and every required concept; otherwise
     sanitize again, from the original embedding when a mark vouches for the entry (so sanitizing
-    is never stacked). A workflow's node can only make it stronger: a higher intensity or lower
-    threshold it chose is kept."""
+    is never stacked), at the strength enforcement.enforced_strength gives."""
     minimum = Plan(False, embedding, pooled, policy.min_intensity, policy.threshold, None)
     if not isinstance(mark, SanitizedMark) or not mark.vouches_for(embedding, pooled):
         return minimum
@@ -210,7 +207,7 @@ def enforcement_plan(mark: Any, embedding, pooled, fingerprint: str, policy: Ope
         return replace(minimum, embedding=mark.source, pooled=base_pooled, mark=mark)
     concepts = policy.concepts
     covers = mark.concepts is None or (concepts is not None and set(concepts) <= set(mark.concepts))
-    if mark.intensity >= policy.min_intensity and mark.threshold <= policy.threshold and covers:
+    if is_strong_enough(policy.min_intensity, policy.threshold, mark.intensity, mark.threshold) and covers:
         return Plan(True, embedding, pooled, mark.intensity, mark.threshold, mark)
-    return Plan(False, mark.source, base_pooled, max(policy.min_intensity, mark.intensity),
-                min(policy.threshold, mark.threshold), mark)
+    intensity, threshold = enforced_strength(policy.min_intensity, policy.threshold, mark.intensity, mark.threshold)
+    return Plan(False, mark.source, base_pooled, intensity, threshold, mark)

@@ -1,5 +1,5 @@
 """Headless Chromium driven over the DevTools protocol, for the screenshot scripts that are
-run by hand (tests/comfyui/screenshot.py, tests/a1111/screenshot.py). Needs chromium on PATH
+run by hand (tools/comfyui/screenshot.py, tools/a1111/screenshot.py). Needs chromium on PATH
 and aiohttp."""
 
 from __future__ import annotations

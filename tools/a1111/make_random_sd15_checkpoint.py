@@ -6,7 +6,7 @@ The architecture comes from diffusers-layout config.json files (Forge ships them
 backend/huggingface/runwayml/stable-diffusion-v1-5); the diffusers -> ldm key conversion is
 imported at run time from the webui's own huggingface_guess checkout (not copied here).
 
-    python tests/a1111/make_random_sd15_checkpoint.py --configs <dir> --convert <huggingface_guess dir> --out model.safetensors
+    python tools/a1111/make_random_sd15_checkpoint.py --configs <dir> --convert <huggingface_guess dir> --out model.safetensors
 """
 
 import argparse

@@ -1,4 +1,4 @@
-"""Host-free logic of the AUTOMATIC1111 / Forge extension (scripts/embedding_sanitizer.py).
+"""Host-free logic of the AUTOMATIC1111 / Forge extension (scripts/sanitizer_script.py).
 
 Nothing here imports the webui (`modules.*`): the conditioning structures are handled by
 duck typing, so unit tests can build look-alikes and CI can run them without a webui.
@@ -27,9 +27,11 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import torch
 
-from . import families, validation
-from .encoders import EncodedBatch, concat_batches, token_span
-from .model import DEFAULT_THRESHOLD
+from .. import families, validation
+from ..disguise import plain_reading
+from ..enforcement import enforced_strength
+from ..encoders import EncodedBatch, concat_batches, token_span
+from ..model import DEFAULT_THRESHOLD
 
 SECTION = ("embedding_sanitizer", "Embedding Sanitizer")
 INFOTEXT_KEY = "Embedding Sanitizer"
@@ -55,7 +57,8 @@ PASTE_NAMES = {OPT_WEIGHTS: "Embedding Sanitizer weights", OPT_THRESHOLD: "Embed
 
 # Which sanitizer family fits which model; keys are what `model_family` returns.
 MODEL_FAMILIES = families.webui_families()
-POOLED_IN_VECTOR = {"sdxl-clip-lg": 1280}
+# Width of the pooled output at the start of an SDXL cond's `vector` (the rest are size embeddings).
+POOLED_IN_VECTOR = {f.id: f.pooled_dim for f in families.FAMILIES.values() if f.webui_type and f.pooled_dim}
 
 
 class RefusedGeneration(RuntimeError):
@@ -107,12 +110,11 @@ class Decision:
 
 
 def _floor(value: Any) -> Optional[float]:
-    """A valid minimum intensity (positive), else None."""
+    """A valid minimum intensity, else None."""
     try:
-        value = validation.intensity(value)
+        return validation.minimum_intensity(value)
     except validation.InvalidValue:
         return None
-    return value if value > 0 else None
 
 
 def operator_settings(startup_opts: Mapping[str, Any], flag: bool = False) -> dict:
@@ -155,9 +157,10 @@ def resolve_settings(opts: Mapping[str, Any], ui_enabled: Any = None, ui_intensi
     Never raises.
 
     Enforced (see is_enforced): the sanitizer is active whatever the request says, with the
-    operator's weight file, concepts and threshold from startup (`operator`), and at least
-    the minimum intensity (the higher of the startup one and a live one): a request can only
-    make it stronger. A request value that is not a valid intensity refuses the generation.
+    operator's weight file and concepts from startup (`operator`); intensity and threshold follow
+    enforcement.enforced_strength, with the startup threshold as the ceiling and the higher of
+    the startup and live minimum intensities as the floor: a request can only make it stronger.
+    A request intensity or threshold that is not a valid value refuses the generation.
     Not enforced: invalid values fall back to their defaults, each with a note.
     """
     operator = operator or {}
@@ -186,15 +189,17 @@ def _enforced_decision(opts, ui_enabled, ui_intensity, operator) -> Decision:
     except validation.InvalidValue as exc:
         return _refused(f"the operator's concepts setting is invalid ({exc})", weights)
     try:
-        threshold = validation.threshold(operator.get(OPT_THRESHOLD, DEFAULT_THRESHOLD))
+        ceiling = validation.threshold_ceiling(operator.get(OPT_THRESHOLD, DEFAULT_THRESHOLD))
     except validation.InvalidValue as exc:
         return _refused(f"the operator's {exc}", weights)
     requested = opts.get(OPT_INTENSITY, DEFAULTS[OPT_INTENSITY]) if ui_intensity is None else ui_intensity
     try:
         intensity = validation.intensity(requested)
+        threshold = validation.threshold(opts.get(OPT_THRESHOLD, ceiling))
     except validation.InvalidValue as exc:
         return _refused(f"the requested {exc}", weights)
-    return Decision(True, max(intensity, floor), threshold, concepts, weights.strip(), True)
+    intensity, threshold = enforced_strength(floor, ceiling, intensity, threshold)
+    return Decision(True, intensity, threshold, concepts, weights.strip(), True)
 
 
 def _free_decision(opts, ui_enabled, ui_intensity, operator) -> Decision:
@@ -378,6 +383,24 @@ def sanitize_prompt_schedules(conditioning, fn: Callable, ledger: SanitizeLedger
     return count
 
 
+def sanitize_conditioning(conditioning, model, decision: Decision, ledger: SanitizeLedger, reader=None,
+                          texts: Optional[Sequence[Sequence[tuple[int, str]]]] = None) -> tuple[int, int]:
+    """Sanitize a positive conditioning in place as `decision` says, each entry on the plain
+    reading of its prompt text where `reader` (a WebuiTextReader) and `texts` give one.
+    Returns (distinct conds newly sanitized, how many of them were read plainly)."""
+    read_plainly = []
+
+    def sanitize(embedding, pooled, text):
+        reading = plain_reading(model, reader, [text], embedding.shape[1]) if reader and text else None
+        read_plainly.append(reading is not None)
+        return model.sanitize(embedding, pooled, intensity=decision.intensity, threshold=decision.threshold,
+                              concepts=decision.concepts, plain_reading=reading)
+
+    pooled_dim = POOLED_IN_VECTOR.get(model.config.encoder_family, 0)
+    count = sanitize_prompt_schedules(conditioning, sanitize, ledger, pooled_dim, texts)
+    return count, sum(read_plainly)
+
+
 def schedule_texts(prompts: Sequence[str], parser, steps: int, hires_steps: Optional[int] = None,
                    use_old_scheduling: bool = False) -> list[list[tuple[int, str]]]:
     """(end_at_step, prompt text) of every schedule entry of the positive conditioning the webui
@@ -459,6 +482,53 @@ def poison_conditioning(conditioning, reason: str) -> None:
         for schedules in conditioning:
             schedules.clear()
         raise RefusedGeneration(reason)
+
+
+# ----------------------------------------------------------------------------- the webui's objects
+#
+# Duck-typed readers of the webui's processing object and text engines (A1111 and Forge).
+
+def privatize_caches(p) -> None:
+    """Give p its own positive prompt caches: the webui's class-wide ones (shared by all
+    requests, keyed without our settings) must never hold sanitized or refused conds."""
+    for attr in ("cached_c", "cached_hr_c"):
+        cache = getattr(p, attr, None)
+        if cache is not None and cache is getattr(type(p), attr, None):
+            setattr(p, attr, [None] * len(cache))
+
+
+def schedule_steps(p, stage: str, use_old_scheduling: bool) -> tuple:
+    """The steps the webui built a stage's prompt schedules with (processing.setup_conds): the
+    sampler's total steps, and for the hires pass its own total after them."""
+    first = getattr(p, "firstpass_steps", None) or p.steps
+    hires = None
+    if stage == "hires":
+        hires = (getattr(p, "hr_second_pass_steps", 0) or p.steps) * getattr(p, "step_multiplier", 1)
+    return first, hires, use_old_scheduling
+
+
+def special_ids(engine) -> set:
+    """The text engine's BOS, EOS and padding ids: the rows that hold no prompt token."""
+    return {getattr(engine, a, None) for a in ("id_start", "id_end", "id_pad")} - {None}
+
+
+def text_engine(sd_model):
+    """The webui's CLIP(-L) prompt tokenizer (A1111 hijack wrapper / Forge engine), or None."""
+    for name in ("text_processing_engine", "text_processing_engine_l"):   # Forge
+        engine = getattr(sd_model, name, None)
+        if engine is not None and hasattr(engine, "tokenize_line"):
+            return engine
+    engine = getattr(sd_model, "cond_stage_model", None)                   # A1111 SD 1.x / 2.x
+    if engine is not None and hasattr(engine, "tokenize_line"):
+        return engine
+    for engine in getattr(getattr(sd_model, "conditioner", None), "embedders", []):  # A1111 SDXL
+        if hasattr(engine, "tokenize_line"):
+            return engine
+    return None
+
+
+def first_prompt(p) -> str:
+    return str((getattr(p, "prompts", None) or [p.prompt])[0])
 
 
 # ----------------------------------------------------------------------------- tokens

@@ -5,7 +5,7 @@
 # skipped on the vendored March 2024 ComfyUI that CI uses.
 #
 #   git clone https://github.com/comfyanonymous/ComfyUI /path/to/ComfyUI   # v0.3.64 was tested
-#   COMFYUI_ROOT=/path/to/ComfyUI tests/comfyui/run_newer_comfyui.sh [pytest args]
+#   COMFYUI_ROOT=/path/to/ComfyUI tools/comfyui/run_newer_comfyui.sh [pytest args]
 #
 # ComfyUI's own requirements are not needed: its optional audio/video/upscale modules that are
 # not installed are replaced by empty stand-ins while it loads (tests/comfyui/comfy_env.py).

@@ -2,7 +2,7 @@
 cache folder, built offline from open-clip-torch's bundled BPE vocabulary (the same
 vocabulary CLIP uses), so AUTOMATIC1111 can start with HF_HUB_OFFLINE=1 and no download.
 
-    python tests/a1111/make_offline_clip_tokenizer.py <HF_HOME>
+    python tools/a1111/make_offline_clip_tokenizer.py <HF_HOME>
     HF_HOME=<HF_HOME> HF_HUB_OFFLINE=1 python launch.py ...
 
 Only the text model's config is written (the webui builds CLIP from its config and then

@@ -2,7 +2,7 @@
 Forge, started with its UI and --api by run_in_webui.sh's "browser" phase), and write the
 screenshots the README shows. Not a test; run by hand (needs chromium on PATH and aiohttp):
 
-    python tests/a1111/screenshot.py http://127.0.0.1:7899 [--out-dir docs]
+    python tools/a1111/screenshot.py http://127.0.0.1:7899 [--out-dir docs]
 
 With random weights (checkpoint and sanitizer) the colours show the display, not a real
 detection. Checks, in light and dark theme: the toggle shows on the collapsed accordion;
@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import cdp  # noqa: E402  (tests/cdp.py)
+import cdp  # noqa: E402  (tools/cdp.py)
 
 REPO = Path(__file__).resolve().parents[2]
 PROMPT = "a photo of a nude woman holding a bloody knife"

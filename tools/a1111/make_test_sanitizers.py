@@ -5,7 +5,7 @@
 - test-sdxl.safetensors: an sdxl-clip-lg sanitizer, to check the mismatch warning/refusal
   with an SD 1.x checkpoint.
 
-    python tests/a1111/make_test_sanitizers.py <webui>/models/sanitizers
+    python tools/a1111/make_test_sanitizers.py <webui>/models/sanitizers
 """
 
 import sys
