@@ -180,10 +180,12 @@ class PlainReading:
     rows: torch.Tensor        # (B, T) bool: rows a changed span covers
     replace: torch.Tensor     # (B, T) bool: of those, the ones whose own score is discarded
     scores: torch.Tensor      # (B, T, C) float32: each span's scores read plainly
+    harmless: Optional[torch.Tensor] = None   # (B, T, C) bool: rows of a concept's benign sense, scored 0 for it
 
     def repeat(self, batch: int) -> "PlainReading":
         """The reading of one text for a batch of images of it."""
-        return PlainReading(*(t.expand(batch, *t.shape[1:]) for t in (self.rows, self.replace, self.scores)))
+        return PlainReading(*(None if t is None else t.expand(batch, *t.shape[1:])
+                              for t in (self.rows, self.replace, self.scores, self.harmless)))
 
 
 def _typed_offset(u: Optional[Undisguised], offset: int, end: bool) -> int:
@@ -220,14 +222,25 @@ def found_terms(model, text: str, u: Optional[Undisguised] = None) -> list:
     if not words:
         return []
     hits = [h for h in words.find(u.plain if u is not None else text) if not _respelled_into_another_word(u, h)]
-    return [replace(h, start=_typed_offset(u, h.start, False), end=_typed_offset(u, h.end, True))
-            for h in vocabulary.merged_spans(hits)]
+    return [_as_typed(u, h) for h in vocabulary.merged_spans(hits)]
+
+
+def found_senses(model, text: str, u: Optional[Undisguised] = None) -> list:
+    """The benign senses of the sanitizer's concepts in `text` read plainly, as spans of the text
+    as typed (at most vocabulary.MAX_SPANS: each costs a tokenization)."""
+    words = vocabulary.for_model(model)
+    senses = words.benign_senses(u.plain if u is not None else text) if words else []
+    return [_as_typed(u, h) for h in senses[:vocabulary.MAX_SPANS]]
+
+
+def _as_typed(u: Optional[Undisguised], hit):
+    return replace(hit, start=_typed_offset(u, hit.start, False), end=_typed_offset(u, hit.end, True))
 
 
 def has_reading(model, text: str) -> bool:
-    """Whether `plain_reading` would say anything of `text`: a disguise or a term in it."""
+    """Whether `plain_reading` would say anything of `text`: a disguise, a term or a benign sense in it."""
     u = undisguise(text)
-    return u is not None or bool(found_terms(model, text, u))
+    return u is not None or bool(found_terms(model, text, u)) or bool(found_senses(model, text, u))
 
 
 @torch.no_grad()
@@ -242,11 +255,13 @@ def plain_reading(model, encoder, texts: Sequence[str], rows: int) -> Optional[P
     `encoder` needs `encode(prompts)` and `span_positions(text, start, end)` (TextEncoder)."""
     undisguised = [undisguise(t) for t in texts]
     terms = [found_terms(model, t, u) for t, u in zip(texts, undisguised)]
-    if not any(u is not None or found for u, found in zip(undisguised, terms)):
+    senses = [found_senses(model, t, u) for t, u in zip(texts, undisguised)]
+    if not any(u is not None or found or sense for u, found, sense in zip(undisguised, terms, senses)):
         return None
     reading = PlainReading(torch.zeros(len(texts), rows, dtype=torch.bool),
                            torch.zeros(len(texts), rows, dtype=torch.bool),
-                           torch.zeros(len(texts), rows, len(model.concepts)))
+                           torch.zeros(len(texts), rows, len(model.concepts)),
+                           torch.zeros(len(texts), rows, len(model.concepts), dtype=torch.bool))
     found = [(i, u) for i, u in enumerate(undisguised) if u is not None]
     if found:
         _read_disguises(model, encoder, found, rows, reading)
@@ -257,7 +272,12 @@ def plain_reading(model, encoder, texts: Sequence[str], rows: int) -> Optional[P
             reading.rows[i, typed_rows] = True
             reading.scores[i, typed_rows, concept] = reading.scores[i, typed_rows, concept].clamp_min(
                 vocabulary.TERM_SCORE)
-    return reading if reading.rows.any() else None
+    # A benign sense ("nude lipstick") is harmless whatever the network reads into its words.
+    for i, found in enumerate(senses):
+        for sense in found:
+            typed_rows = [r for r in encoder.span_positions(texts[i], sense.start, sense.end) if r < rows]
+            reading.harmless[i, typed_rows, model.concepts.index(sense.concept)] = True
+    return reading if reading.rows.any() or reading.harmless.any() else None
 
 
 def _read_disguises(model, encoder, found, rows: int, reading: PlainReading) -> None:

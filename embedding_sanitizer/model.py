@@ -266,7 +266,8 @@ class EmbeddingSanitizer(nn.Module):
                  plain_reading=None) -> SanitizeResult:
         """`plain_reading` (disguise.PlainReading), where given, is what the prompt's text says of
         some rows ("n u d e" scored as "nude"): before the scores gate, its scores replace the
-        rows' own where it says so, and elsewhere in its rows the larger of the two is kept."""
+        rows' own where it says so, elsewhere in its rows the larger of the two is kept, and the
+        rows of a concept's benign sense ("nude lipstick") score 0 for that concept."""
         intensity, threshold = validation.intensity(intensity), validation.threshold(threshold)
         concepts = validation.concepts(concepts, self.concepts)
         if not embedding.is_floating_point():
@@ -307,7 +308,14 @@ class EmbeddingSanitizer(nn.Module):
         validation.require_finite("the plain reading's scores", read)
         read = read.to(scores.device, scores.dtype).clamp(0.0, 1.0)
         rows, replace = (t.to(scores.device, torch.bool).unsqueeze(-1) for t in (rows, replace))
-        return torch.where(replace, read, torch.where(rows, torch.maximum(scores, read), scores))
+        scores = torch.where(replace, read, torch.where(rows, torch.maximum(scores, read), scores))
+        harmless = getattr(reading, "harmless", None)
+        if harmless is not None:
+            if harmless.shape != scores.shape:
+                raise SanitizerShapeError(f"a plain reading's benign senses of shape {tuple(harmless.shape)} do not "
+                                          f"fit the scores {tuple(scores.shape)}")
+            scores = scores.masked_fill(harmless.to(scores.device, torch.bool), 0.0)
+        return scores
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -127,6 +127,18 @@ class Vocabulary:
                 if concept not in reach or reach[concept][first] < last]
 
 
+    def benign_senses(self, text: str) -> list[Hit]:
+        """The benign senses in `text` (a sense's words, as `find` matches a term's)."""
+        found = [(m.group().lower(), m.start(), m.end()) for m in _WORD.finditer(text)]
+        tokens = [w for w, _, _ in found]
+        senses = []
+        for i in range(len(tokens)):
+            for n in range(1, min(self.longest, len(tokens) - i) + 1):
+                for concept in sorted(self.senses.get(tuple(tokens[i:i + n]), ())):
+                    senses.append(Hit(concept, found[i][1], found[i + n - 1][2], " ".join(tokens[i:i + n])))
+        return senses
+
+
 def merged_spans(hits: Sequence[Hit]) -> list[Hit]:
     """At most MAX_SPANS hits (and one per concept more): past that, the rest of each
     concept's hits become one span from the first of them to the last."""
