@@ -35,6 +35,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 
 import gradio as gr
 
@@ -78,6 +79,7 @@ OPERATOR = W.operator_settings(dict(getattr(shared.opts, "data", {}) or {}),
 _lock = threading.Lock()
 _models: dict = {}                        # (path, mtime, device) -> EmbeddingSanitizer
 DISPLAYS = W.DisplayStore()               # token displays of recent generations (see W.display_html)
+LAST_PROCESSED = {"p": lambda: None}      # weak reference to the generation `process` last saw (on_cfg_denoiser, A1111 < 1.7)
 
 INTENSITY_INFO = ("How strongly flagged tokens are rewritten: 0 = off, 1 = as trained, higher = stronger "
                   "(a token's change is its score times the intensity, at most 1)")
@@ -187,6 +189,7 @@ class EmbeddingSanitizerScript(scripts.Script):
 
     def process(self, p, enabled=False, intensity=1.0, *args):
         d = self.decision(p, enabled, intensity)
+        LAST_PROCESSED["p"] = weakref.ref(p)
         p._embedding_sanitizer = state = {"decision": d, "ledger": W.SanitizeLedger(), "model": None,
                                           "weights": None, "erased": None}
         for note in d.notes:
@@ -436,7 +439,9 @@ def on_cfg_denoiser(params):
     if not EmbeddingSanitizerScript.enforced():
         return
     try:
-        p = params.denoiser.p
+        # A1111 before 1.7 passes no denoiser: the webui runs one generation at a time, so the last
+        # one our process hook saw is the one sampling (a stale one fails the check, never passes it).
+        p = params.denoiser.p if getattr(params, "denoiser", None) is not None else LAST_PROCESSED["p"]()
         state = getattr(p, "_embedding_sanitizer", None)
         problem = W.step_refusal(state["ledger"] if state else None, params.text_cond, params.text_uncond,
                                  W.lowest_cfg(p))

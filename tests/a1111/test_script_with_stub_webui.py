@@ -323,3 +323,13 @@ def test_training_preview_without_scripts_is_refused_while_enforced(host):
     host.opts.embedding_sanitizer_enforce = True
     p = FakeP("a nude woman")
     assert refused(step(host, p, first_step_conds(p.c), torch.stack([p.neg])))
+
+
+def test_webui_without_denoiser_in_the_step_params_checks_the_last_processed_generation(host):
+    host.opts.embedding_sanitizer_enforce = True
+    p = run(host, FakeP("a cat"))
+    sanitized = first_step_conds(p.c)
+    for conds, refuses in ((sanitized, False), (first_step_conds(FakeP("a cat").c), True)):
+        params = types.SimpleNamespace(text_cond=conds, text_uncond=torch.stack([p.neg]))     # A1111 1.6
+        host.callbacks["cfg_denoiser"](params)
+        assert refused(params.text_cond) is refuses
