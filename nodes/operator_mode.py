@@ -177,16 +177,8 @@ class Enforcer:
 
     def enforce(self, base_model, key: str, entries: list) -> list:
         """Sanitized copies of one guider input's converted entries; raises SanitizingRefused."""
-        try:
-            return self._enforce(base_model, key, entries)
-        except SanitizingRefused as exc:
-            LOG.error("%s", exc)
-            raise
-        except Exception as exc:     # noqa: BLE001  fail closed, whatever went wrong
-            message = (f"Embedding Sanitizer (operator mode) refused to sample: sanitizing the '{key}' "
-                       f"conditioning failed: {exc}")
-            LOG.error("%s", message)
-            raise SanitizingRefused(message) from exc
+        return _refusing_on_failure(f"sanitizing the '{key}' conditioning",
+                                    lambda: self._enforce(base_model, key, entries))
 
     def _enforce(self, base_model, key, entries):
         if self.error:
@@ -243,16 +235,8 @@ class Enforcer:
         """The entries the model may be evaluated with, right before it is: each one the policy
         vouches for, or whose embedding is in `plain_allowed` (a negative at CFG 1 or more), is
         passed on; any other is sanitized here (once per embedding) or refused."""
-        try:
-            return [self._guarded(base_model, key, entry, plain_allowed) for entry in entries]
-        except SanitizingRefused as exc:
-            LOG.error("%s", exc)
-            raise
-        except Exception as exc:     # noqa: BLE001  fail closed, whatever went wrong
-            message = (f"Embedding Sanitizer (operator mode) refused to sample: checking a conditioning "
-                       f"before the model failed: {exc}")
-            LOG.error("%s", message)
-            raise SanitizingRefused(message) from exc
+        return _refusing_on_failure("checking a conditioning before the model",
+                                    lambda: [self._guarded(base_model, key, entry, plain_allowed) for entry in entries])
 
     def _guarded(self, base_model, key, entry, plain_allowed):
         if not isinstance(entry, dict):
@@ -273,7 +257,7 @@ class Enforcer:
                 return entry
         cached = self.sanitized_here.get(id(embedding))
         if cached is None or cached[0]() is not embedding:
-            [done] = self.enforce(base_model, key, [{**entry, "cross_attn": embedding}])
+            [done] = self._enforce(base_model, key, [{**entry, "cross_attn": embedding}])
             if done.get("pooled_output") is not entry.get("pooled_output") and \
                     "y" in (entry.get("model_conds") or {}):
                 # The model already holds a vector made from the unsanitized pooled output.
@@ -304,6 +288,19 @@ class Enforcer:
     def prompt_record(self, prompt_id, finished: bool = False) -> dict:
         done = self.records.pop(prompt_id, []) if finished else list(self.records.get(prompt_id, []))
         return {**self.summary(), "sanitized": done}
+
+
+def _refusing_on_failure(what: str, work):
+    """work(), with any failure turned into SanitizingRefused (fail closed), logged once."""
+    try:
+        return work()
+    except SanitizingRefused as exc:
+        LOG.error("%s", exc)
+        raise
+    except Exception as exc:     # noqa: BLE001  fail closed, whatever went wrong
+        message = f"Embedding Sanitizer (operator mode) refused to sample: {what} failed: {exc}"
+        LOG.error("%s", message)
+        raise SanitizingRefused(message) from exc
 
 
 def used_embedding(entry: dict):

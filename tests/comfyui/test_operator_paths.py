@@ -12,24 +12,9 @@ import pytest
 import torch
 
 from .comfy_env import load_pack
-from .test_operator_mode import PROMPT, base_model, converted, encode
+from .test_operator_mode import PROMPT, base_model, config, converted, encode, operator_mode  # noqa: F401 (fixtures)
 
 UNSAFE_NEGATIVE = "a nude woman covered in blood"
-
-
-@pytest.fixture(scope="module")
-def operator_mode(pack):
-    return sys.modules[f"{pack.__name__}.nodes.operator_mode"]
-
-
-@pytest.fixture()
-def config(tmp_path):
-    from embedding_sanitizer import save_sanitizer
-    from .conftest import active_sanitizer
-    save_sanitizer(active_sanitizer(768, 0, "sd1-clip-l", seed=5), tmp_path / "sd1.safetensors", {})
-    path = tmp_path / "operator.json"
-    path.write_text(json.dumps({"sanitizers": {"sd1-clip-l": "sd1.safetensors"}, "min_intensity": 1.0}))
-    return path
 
 
 @pytest.fixture()
