@@ -45,7 +45,7 @@ from embedding_sanitizer import families, load_sanitizer
 from embedding_sanitizer.hosts.comfy_operator import (MARK_KEY, OperatorConfigError, enforcement_plan, file_sha256,
                                           read_operator_config, weights_fingerprint, with_operator)
 
-from ..operator_failsafe import CONFIG_NAME, ENV_VAR, config_location, publish_state, refuse_every_generation
+from ..operator_failsafe import config_location, publish_state, refuse_every_generation
 from .common import sanitize_conditioning
 from .text_encoders import clip_family
 

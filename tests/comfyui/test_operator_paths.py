@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from .comfy_env import load_pack
-from .test_operator_mode import PROMPT, base_model, config, converted, encode, operator_mode  # noqa: F401 (fixtures)
+from .test_operator_mode import PROMPT, base_model, config, converted, encode, failsafe, operator_mode  # noqa: F401 (fixtures)
 
 UNSAFE_NEGATIVE = "a nude woman covered in blood"
 
@@ -149,11 +149,10 @@ HOSTILE_CONFIGS = {
 
 
 @pytest.mark.parametrize("name", sorted(HOSTILE_CONFIGS))
-def test_hostile_config_loads_the_pack_and_refuses_every_prompt(name, tmp_path, monkeypatch, restored_comfy,
-                                                                operator_mode):
+def test_hostile_config_loads_the_pack_and_refuses_every_prompt(name, tmp_path, monkeypatch, restored_comfy, failsafe):
     path = tmp_path / "operator.json"
     path.write_bytes(HOSTILE_CONFIGS[name])
-    monkeypatch.setenv(operator_mode.ENV_VAR, str(path))
+    monkeypatch.setenv(failsafe.ENV_VAR, str(path))
     pack = load_pack(f"embedding_sanitizer_pack_hostile_{abs(hash(name))}")
     enforcer = sys.modules[f"{pack.__name__}.nodes"].OPERATOR_MODE
     assert "EmbeddingSanitizerApply" in pack.NODE_CLASS_MAPPINGS and enforcer is not None and enforcer.error
@@ -170,29 +169,28 @@ def test_config_with_a_byte_order_mark_is_read(tmp_path):
     assert read_operator_config(path).sanitizers["sd1-clip-l"].path == tmp_path / "x.safetensors"
 
 
-def test_pack_that_fails_to_import_refuses_every_generation(tmp_path, monkeypatch, restored_comfy):
+def test_pack_that_fails_to_import_refuses_every_generation(tmp_path, monkeypatch, restored_comfy, failsafe):
     name = "embedding_sanitizer_pack_broken"
-    monkeypatch.setenv("EMBEDDING_SANITIZER_OPERATOR_CONFIG", str(tmp_path / "operator.json"))
+    monkeypatch.setenv(failsafe.ENV_VAR, str(tmp_path / "operator.json"))
     monkeypatch.setitem(sys.modules, f"{name}.nodes", None)          # the pack's nodes fail to import
     with pytest.raises(ImportError):
         load_pack(name)
-    failsafe = sys.modules[f"{name}.operator_failsafe"]
+    its_failsafe = sys.modules[f"{name}.operator_failsafe"]
     with pytest.raises(RuntimeError, match="refused to sample"):
         restored_comfy.sample(base_model("SD15"), None, [], [], 7.0, "cpu", None, None)
     with pytest.raises(RuntimeError, match="refused to sample"):
         (getattr(restored_comfy, "calc_cond_batch", None) or restored_comfy.calc_cond_uncond_batch)()
-    assert failsafe._published["state"]()["ready"] is False
+    assert its_failsafe._published["state"]()["ready"] is False
 
 
-def test_missing_user_directory_file_overrides_nothing_and_system_file_wins(operator_mode, monkeypatch, tmp_path):
+def test_missing_user_directory_file_overrides_nothing_and_system_file_wins(failsafe, monkeypatch, tmp_path):
     import folder_paths
-    failsafe = sys.modules[operator_mode.config_location.__module__]
-    monkeypatch.delenv(operator_mode.ENV_VAR, raising=False)
+    monkeypatch.delenv(failsafe.ENV_VAR, raising=False)
     monkeypatch.setattr(folder_paths, "get_user_directory", lambda: str(tmp_path), raising=False)
     system = tmp_path / "etc" / "operator.json"
     monkeypatch.setattr(failsafe, "SYSTEM_CONFIG", system)
-    assert operator_mode.config_location() is None
+    assert failsafe.config_location() is None
     system.parent.mkdir()
     system.write_text("{}")
-    (tmp_path / operator_mode.CONFIG_NAME).write_text("{}")
-    assert operator_mode.config_location() == system
+    (tmp_path / failsafe.CONFIG_NAME).write_text("{}")
+    assert failsafe.config_location() == system
