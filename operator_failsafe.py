@@ -63,7 +63,9 @@ def refuse_every_generation(reason: str) -> None:
     """Make every sampling entry point of this ComfyUI raise `reason`, log it, and have the state
     route say so. For when enforcement is switched on and the pack cannot enforce it."""
     import comfy.samplers
-    message = f"Embedding Sanitizer (operator mode) refused to sample: {reason}"
+    # The reason may hold server paths: it goes to the log, the client gets this line.
+    message = ("Embedding Sanitizer (operator mode) refused to sample: enforcement is switched on and the "
+               "pack could not start (details in the server log)")
 
     def refuse(*args, **kwargs):
         raise RuntimeError(message)
@@ -74,7 +76,8 @@ def refuse_every_generation(reason: str) -> None:
     guider = getattr(comfy.samplers, "CFGGuider", None)
     if guider is not None:
         guider.sample = refuse
-    LOG.critical("%s. Every generation is refused until this is fixed and ComfyUI restarts.", message)
+    LOG.critical("Embedding Sanitizer (operator mode): %s. Every generation is refused until this is fixed "
+                 "and ComfyUI restarts.", reason)
     publish_state(lambda: {"enforced": True, "ready": False,
                            "problem": "operator mode could not start; every prompt is refused (details in the server log)"})
 

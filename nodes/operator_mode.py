@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
-import math
 import logging
 import os
 import sys
@@ -182,7 +181,9 @@ class Enforcer:
 
     def _enforce(self, base_model, key, entries):
         if self.error:
-            raise SanitizingRefused(f"Embedding Sanitizer (operator mode) refused to sample: {self.error}")
+            # The reason names the file: it is in the server log, never sent to a client.
+            raise SanitizingRefused("Embedding Sanitizer (operator mode) refused to sample: the operator "
+                                    "configuration is unusable (details in the server log)")
         family = model_family(base_model)
         if family is None or family not in self.files:
             name = type(getattr(base_model, "model_config", base_model)).__name__

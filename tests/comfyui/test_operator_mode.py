@@ -155,7 +155,7 @@ def test_result_equals_the_pack_node_with_the_operators_file(operator_mode, conf
     ("family", "has no sanitizer for this model (SDXL"),
     ("no embedding", "no text embedding"),
     ("wrong width", "mismatch"),
-    ("broken config", "not valid JSON"),
+    ("broken config", "configuration is unusable"),
     ("broken file", "did not load"),
 ])
 def test_refusals(operator_mode, config, sd1_clip, clip_text_encode, case, fragment):
