@@ -32,9 +32,15 @@ except ImportError:
     folder_paths = None
 
 if folder_paths is not None:
-    _import_engine()
-    # Relative import: ComfyUI has a top-level module called `nodes` of its own,
-    # and ours must never shadow it.
-    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: F811
+    from . import operator_failsafe
+    try:
+        _import_engine()
+        # Relative import: ComfyUI has a top-level module called `nodes` of its own,
+        # and ours must never shadow it.
+        from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: F811
+    except Exception as exc:
+        # ComfyUI logs this and samples on without the pack: with enforcement switched on, nothing may be sampled.
+        operator_failsafe.fail_closed_if_switched_on(exc)
+        raise
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

@@ -2,8 +2,11 @@
 sampling, except the negative one, is sanitized before the model sees it, whatever the workflow.
 
 The switch is read once, when the pack loads: the file named by the environment variable
-EMBEDDING_SANITIZER_OPERATOR_CONFIG, else <ComfyUI user directory>/embedding_sanitizer_operator.json.
-Without either, nothing here is installed and ComfyUI runs exactly as it would without it.
+EMBEDDING_SANITIZER_OPERATOR_CONFIG, else /etc/embedding-sanitizer/operator.json (Windows:
+%PROGRAMDATA%/embedding-sanitizer/operator.json), else <ComfyUI user directory>/embedding_sanitizer_operator.json
+(operator_failsafe.config_location). Without any, nothing here is installed and ComfyUI runs exactly
+as it would without it. With one, nothing is sampled unless it is enforced: a configuration that
+cannot be used refuses every prompt, and a failure to set up refuses every generation (operator_failsafe).
 
 The choke point is where ComfyUI turns CONDITIONING into what its samplers use:
 `CFGGuider.inner_set_conds` (ComfyUI since the guiders of spring 2024: KSampler, KSamplerAdvanced,
@@ -12,10 +15,18 @@ SamplerCustom and SamplerCustomAdvanced with any guider) or, before guiders, `co
 holding the embedding as "cross_attn". Any failure refuses the prompt (an exception ComfyUI reports
 for that node), never lets it through. CLIP Text Encode is wrapped too, to remember which text made
 each conditioning tensor: with it, disguised words are read plainly here as in the nodes.
+
+Behind the choke point, a guard at the model-apply level (`calc_cond_batch`, or in 2024
+`calc_cond_uncond_batch`, with `sampling_function` for the CFG scale) checks every conditioning
+right before the model is evaluated with it, whatever route brought it there (PerpNeg's own empty
+conditioning, GLIGEN's box texts, a future sampler path): each must carry the mark of sanitizing
+that meets the policy, or be the negative of a CFG of 1 or more; anything else is sanitized there
+or refused. Below CFG 1 the negative weighs on the image like a positive and is sanitized as one.
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
 import logging
@@ -33,12 +44,10 @@ from embedding_sanitizer import families, load_sanitizer
 from embedding_sanitizer.hosts.comfy_operator import (MARK_KEY, OperatorConfigError, enforcement_plan, file_sha256,
                                           read_operator_config, weights_fingerprint, with_operator)
 
+from ..operator_failsafe import config_location, publish_state, refuse_every_generation
 from .common import sanitize_conditioning
 from .text_encoders import clip_family
 
-ENV_VAR = "EMBEDDING_SANITIZER_OPERATOR_CONFIG"
-CONFIG_NAME = "embedding_sanitizer_operator.json"
-ROUTE = "/embedding_sanitizer/operator"
 NEGATIVE = "negative"
 WRAPPED = "__embedding_sanitizer_wraps__"
 # ComfyUI model classes (comfy.supported_models, matched along the MRO so SSD-1B, Segmind Vega,
@@ -59,18 +68,6 @@ class SanitizingRefused(RuntimeError):
     def __init__(self, message: str, detail: str = ""):
         super().__init__(message)
         self.detail = detail
-
-
-def config_location() -> Optional[Path]:
-    """The operator's configuration file, or None when the operator enforces nothing."""
-    named = os.environ.get(ENV_VAR, "").strip()
-    if named:
-        return Path(named).expanduser()
-    getter = getattr(folder_paths, "get_user_directory", None)
-    user_dir = getter() if getter else getattr(folder_paths, "user_directory", None)
-    if user_dir and os.path.isfile(os.path.join(user_dir, CONFIG_NAME)):
-        return Path(user_dir) / CONFIG_NAME
-    return None
 
 
 def model_family(base_model) -> Optional[str]:
@@ -120,10 +117,13 @@ class Enforcer:
         self.error: Optional[str] = None          # refuses every prompt when set
         self.models, self.files, self.load_errors = {}, {}, {}
         self.records: OrderedDict = OrderedDict()
+        # the guard's: id(embedding) -> (weakref to it, its sanitized entry), so it sanitizes once, not per step
+        self.sanitized_here: OrderedDict = OrderedDict()
         try:
             self.policy = read_operator_config(config_path)
-        except OperatorConfigError as exc:
-            self.error = str(exc)
+        except Exception as exc:     # noqa: BLE001  whatever the file holds, refuse every prompt, never fail to load
+            self.error = str(exc) if isinstance(exc, OperatorConfigError) else \
+                f"reading {config_path} failed ({type(exc).__name__}: {exc})"
             return
         for family, spec in self.policy.sanitizers.items():
             self.files[family] = {"file": spec.path.name, "path": str(spec.path), "sha256": ""}
@@ -152,6 +152,9 @@ class Enforcer:
         LOG.warning("Embedding Sanitizer: operator enforcement is ON (%s): minimum intensity %g, threshold "
                     "at most %g, concepts %s", self.config_path, self.policy.min_intensity, self.policy.threshold,
                     ", ".join(self.policy.concepts or ["all"]))
+        if os.access(self.config_path, os.W_OK) or os.access(self.config_path.parent, os.W_OK):
+            LOG.warning("Embedding Sanitizer: ComfyUI's own process can change or replace %s; make it and its "
+                        "folder writable only by the operator", self.config_path)
         for family, info in self.files.items():
             if family in self.load_errors:
                 LOG.error("Embedding Sanitizer: %s -> %s NOT LOADED, its prompts will be refused: %s",
@@ -181,17 +184,8 @@ class Enforcer:
 
     def enforce(self, base_model, key: str, entries: list) -> list:
         """Sanitized copies of one guider input's converted entries; raises SanitizingRefused."""
-        try:
-            return self._enforce(base_model, key, entries)
-        except SanitizingRefused as exc:
-            LOG.error("%s%s", exc, f". Details: {exc.detail}" if exc.detail else "")
-            raise
-        except Exception as exc:     # noqa: BLE001  fail closed, whatever went wrong
-            LOG.exception("Embedding Sanitizer (operator mode): sanitizing the '%s' conditioning failed", key)
-            raise SanitizingRefused(
-                f"Embedding Sanitizer (operator mode) refused to sample: sanitizing the '{key}' conditioning "
-                f"failed ({type(exc).__name__}); check that the model's text encoder is the one its sanitizer "
-                f"was trained for (the server log has the details)") from None
+        return _refusing_on_failure(f"sanitizing the '{key}' conditioning",
+                                    lambda: self._enforce(base_model, key, entries))
 
     def _enforce(self, base_model, key, entries):
         if self.error:
@@ -245,6 +239,52 @@ class Enforcer:
                                "replaced_node_sanitizing": plan.mark is not None})
         return out
 
+    # ------------------------------------------------------------------ the model-apply guard
+
+    def guard(self, base_model, key: str, entries, plain_allowed=frozenset()) -> list:
+        """The entries the model may be evaluated with, right before it is: each one the policy
+        vouches for, or whose embedding is in `plain_allowed` (a negative at CFG 1 or more), is
+        passed on; any other is sanitized here (once per embedding) or refused."""
+        return _refusing_on_failure("checking a conditioning before the model",
+                                    lambda: [self._guarded(base_model, key, entry, plain_allowed) for entry in entries])
+
+    def _guarded(self, base_model, key, entry, plain_allowed):
+        if not isinstance(entry, dict):
+            return entry
+        gligen = entry.get("gligen")
+        if isinstance(gligen, (list, tuple)) and gligen and gligen[0] == "position":
+            # The box texts' CLIP vectors sit inside GLIGEN's own input, which no sanitizer rewrites.
+            raise SanitizingRefused("Embedding Sanitizer (operator mode) refused to sample: GLIGEN box texts "
+                                    "cannot be sanitized; remove GLIGENTextBoxApply from the workflow")
+        embedding = used_embedding(entry)
+        if id(embedding) in plain_allowed:
+            return entry
+        if self.error is None and model_family(base_model) in self.models:
+            model = self.models[model_family(base_model)]
+            plan = enforcement_plan(entry.get(MARK_KEY), embedding, entry.get("pooled_output"),
+                                    weights_fingerprint(model), self.policy)
+            if plan.keep:
+                return entry
+        cached = self.sanitized_here.get(id(embedding))
+        if cached is None or cached[0]() is not embedding:
+            [done] = self._enforce(base_model, key, [{**entry, "cross_attn": embedding}])
+            if done.get("pooled_output") is not entry.get("pooled_output") and \
+                    "y" in (entry.get("model_conds") or {}):
+                # The model already holds a vector made from the unsanitized pooled output.
+                raise SanitizingRefused(f"Embedding Sanitizer (operator mode) refused to sample: the '{key}' "
+                                        f"conditioning reached the model without being sanitized first, and its "
+                                        f"pooled output can no longer be replaced")
+            cached = self.sanitized_here[id(embedding)] = (weakref.ref(embedding), done)
+            while len(self.sanitized_here) > EncodedTexts.KEEP:
+                self.sanitized_here.popitem(last=False)
+        done = cached[1]
+        passed = {**entry, "cross_attn": done["cross_attn"], MARK_KEY: done[MARK_KEY]}
+        model_conds = entry.get("model_conds")
+        if isinstance(model_conds, dict) and "c_crossattn" in model_conds:
+            passed["model_conds"] = {**model_conds,
+                                     "c_crossattn": type(model_conds["c_crossattn"])(done["cross_attn"])}
+        return passed
+
     # ------------------------------------------------------------------ records
 
     def _record(self, key: str, record: dict) -> None:
@@ -258,6 +298,29 @@ class Enforcer:
     def prompt_record(self, prompt_id, finished: bool = False) -> dict:
         done = self.records.pop(prompt_id, []) if finished else list(self.records.get(prompt_id, []))
         return {**self.summary(), "sanitized": done}
+
+
+def _refusing_on_failure(what: str, work):
+    """work(), with any failure turned into SanitizingRefused (fail closed), logged once."""
+    try:
+        return work()
+    except SanitizingRefused as exc:
+        LOG.error("%s%s", exc, f". Details: {exc.detail}" if exc.detail else "")
+        raise
+    except Exception as exc:     # noqa: BLE001  fail closed, whatever went wrong
+        # The error's text may hold paths: the server log gets it, the client what to check.
+        LOG.exception("Embedding Sanitizer (operator mode): %s failed", what)
+        raise SanitizingRefused(f"Embedding Sanitizer (operator mode) refused to sample: {what} failed "
+                                f"({type(exc).__name__}); check that the model's text encoder is the one its "
+                                f"sanitizer was trained for (the server log has the details)") from None
+
+
+def used_embedding(entry: dict):
+    """The text embedding the model reads from a converted entry: the one encoded for the model
+    when ComfyUI has done so (model_conds["c_crossattn"]), else "cross_attn"."""
+    crossattn = (entry.get("model_conds") or {}).get("c_crossattn")
+    embedding = getattr(crossattn, "cond", None)
+    return embedding if torch.is_tensor(embedding) else entry.get("cross_attn")
 
 
 def _prompt_server():
@@ -299,8 +362,11 @@ def install_choke_point(enforcer: Enforcer, samplers) -> str:
     if guider is None and callable(getattr(samplers, "sample", None)) and \
             list(inspect.signature(samplers.sample).parameters)[:4] == ["model", "noise", "positive", "negative"]:
         def make(original):
-            def sample(model, noise, positive, negative, *args, **kwargs):
-                return original(model, noise, enforcer.enforce(model, "positive", positive), negative, *args, **kwargs)
+            def sample(model, noise, positive, negative, cfg, *args, **kwargs):
+                if not cfg >= 1:     # the negative weighs like a positive; sanitized before its pooled vector is encoded
+                    negative = enforcer.enforce(model, NEGATIVE, negative)
+                return original(model, noise, enforcer.enforce(model, "positive", positive), negative, cfg,
+                                *args, **kwargs)
             return sample
         _wrap(samplers, "sample", make)      # KSampler.sample calls it through the module's globals
         return "comfy.samplers.sample"
@@ -308,6 +374,56 @@ def install_choke_point(enforcer: Enforcer, samplers) -> str:
         "Embedding Sanitizer: operator enforcement is configured, but this ComfyUI has neither "
         "comfy.samplers.CFGGuider.inner_set_conds nor the 2024 comfy.samplers.sample; refusing to start "
         "rather than generate unsanitized images. Update Embedding Sanitizer or ComfyUI.")
+
+
+# The embeddings of the negative of the sampling_function call in progress, when its CFG scale is 1
+# or more: only they may reach the model unsanitized.
+_PLAIN_NEGATIVES: contextvars.ContextVar = contextvars.ContextVar("embedding_sanitizer_plain_negatives",
+                                                                  default=frozenset())
+
+
+def install_model_guard(enforcer: Enforcer, samplers) -> str:
+    """Check every conditioning right before the model is evaluated with it (Enforcer.guard).
+    Returns where; raises SanitizingRefused when this ComfyUI has neither known function."""
+    batch_name = next((name for name in ("calc_cond_batch", "calc_cond_uncond_batch")
+                       if callable(getattr(samplers, name, None))), None)
+    if batch_name is None or not callable(getattr(samplers, "sampling_function", None)):
+        raise SanitizingRefused(
+            "Embedding Sanitizer: operator enforcement is configured, but this ComfyUI has neither "
+            "comfy.samplers.calc_cond_batch nor calc_cond_uncond_batch to check conditionings at; refusing to "
+            "start rather than generate unsanitized images. Update Embedding Sanitizer or ComfyUI.")
+
+    def make_sampling_function(original):
+        def sampling_function(model, x, timestep, uncond, cond, cond_scale, *args, **kwargs):
+            if uncond is not None and not cond_scale >= 1:     # NaN too: below 1 the negative conditions the image
+                uncond = enforcer.guard(model, NEGATIVE, uncond)
+                plain = frozenset()
+            else:
+                plain = frozenset(id(used_embedding(entry)) for entry in uncond or () if isinstance(entry, dict))
+            token = _PLAIN_NEGATIVES.set(plain)
+            try:
+                return original(model, x, timestep, uncond, cond, cond_scale, *args, **kwargs)
+            finally:
+                _PLAIN_NEGATIVES.reset(token)
+        return sampling_function
+
+    def checked(model, conds):
+        plain = _PLAIN_NEGATIVES.get()
+        return [None if entries is None else enforcer.guard(model, "model input", entries, plain) for entries in conds]
+
+    if batch_name == "calc_cond_batch":
+        def make_batch(original):
+            def calc_cond_batch(model, conds, *args, **kwargs):
+                return original(model, checked(model, conds), *args, **kwargs)
+            return calc_cond_batch
+    else:
+        def make_batch(original):
+            def calc_cond_uncond_batch(model, cond, uncond, *args, **kwargs):
+                return original(model, *checked(model, [cond, uncond]), *args, **kwargs)
+            return calc_cond_uncond_batch
+    _wrap(samplers, "sampling_function", make_sampling_function)
+    _wrap(samplers, batch_name, make_batch)
+    return f"comfy.samplers.{batch_name}"
 
 
 def install_text_memory(enforcer: Enforcer, nodes_module) -> None:
@@ -355,37 +471,40 @@ def install_records(enforcer: Enforcer, execution_module, nodes_module) -> None:
     _wrap(nodes_module.SaveImage, "save_images", make_save_images)
 
 
-def add_route(state) -> None:
-    instance = _prompt_server()
-    if instance is None:
-        return
-    from aiohttp import web
-    routes = instance.routes
-
-    @routes.get(ROUTE)
-    async def operator_state(request):
-        return web.json_response(state())
-
-
 def setup() -> Optional[Enforcer]:
-    """Read the switch once and install enforcement if the operator set it. Called on pack load."""
-    location = config_location()
-    if location is None:
-        add_route(lambda: {"enforced": False})
+    """Read the switch once and install enforcement if the operator set it. Called on pack load;
+    never raises an Exception (ComfyUI would load on without the pack): a failure to set up
+    refuses every generation instead."""
+    try:
+        location = config_location()
+    except Exception as exc:     # noqa: BLE001  cannot tell whether it is switched on: refuse
+        refuse_every_generation(f"finding the operator configuration failed ({type(exc).__name__}: {exc})")
         return None
+    if location is None:
+        publish_state(lambda: {"enforced": False})
+        return None
+    try:
+        return _enforce(location)
+    except SanitizingRefused as exc:
+        LOG.critical("%s", exc)
+        # SystemExit is not an Exception: ComfyUI's custom-node loader does not swallow it.
+        raise SystemExit(str(exc)) from None
+    except Exception as exc:     # noqa: BLE001
+        refuse_every_generation(f"setting up operator mode failed ({type(exc).__name__}: {exc})")
+        return None
+
+
+def _enforce(location: Path) -> Enforcer:
     enforcer = Enforcer(location)
     enforcer.log_startup()
     import comfy.samplers
     import execution
     import nodes as comfy_nodes     # ComfyUI's nodes.py (this package is imported relatively)
-    try:
-        where = install_choke_point(enforcer, comfy.samplers)
-    except SanitizingRefused as exc:
-        LOG.critical("%s", exc)
-        # SystemExit is not an Exception: ComfyUI's custom-node loader does not swallow it.
-        raise SystemExit(str(exc)) from None
+    where = install_choke_point(enforcer, comfy.samplers)
+    guarded_at = install_model_guard(enforcer, comfy.samplers)
     install_records(enforcer, execution, comfy_nodes)
     install_text_memory(enforcer, comfy_nodes)
-    add_route(enforcer.state)
-    LOG.warning("Embedding Sanitizer: every prompt is sanitized at %s", where)
+    publish_state(enforcer.state)
+    LOG.warning("Embedding Sanitizer: every prompt is sanitized at %s and checked before the model at %s",
+                where, guarded_at)
     return enforcer

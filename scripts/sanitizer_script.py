@@ -17,7 +17,10 @@ On A1111 1.6-1.8, which lack that hook, `process_batch` builds the same conditio
 early through `p.setup_conds()` (its result is cached in p's own cache, so the webui's
 own call right after returns the very objects we sanitized), and `before_hr`, which runs
 after the hires conds are computed and right before the second pass, covers hires fix.
-`on_cfg_denoiser` would also see the conds, but at every sampling step.
+While enforcement is on, `on_cfg_denoiser` checks at every sampling step that the text
+conditioning the model is about to use is one this script sanitized, value for value (and below
+CFG 1, where the negative acts as a positive, that the negative is too): routes that build conds
+with no script hook (the refiner switch, training previews) are refused there.
 So that toggling takes effect and the webui's class-wide prompt caches never hold
 sanitized conds, `process` gives `p` private caches while the sanitizer is active.
 Enforcement fails closed: the ScriptRunner swallows exceptions from hooks, so a refusal
@@ -32,6 +35,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 
 import gradio as gr
 
@@ -75,6 +79,7 @@ OPERATOR = W.operator_settings(dict(getattr(shared.opts, "data", {}) or {}),
 _lock = threading.Lock()
 _models: dict = {}                        # (path, mtime, device) -> EmbeddingSanitizer
 DISPLAYS = W.DisplayStore()               # token displays of recent generations (see W.display_html)
+LAST_PROCESSED = {"p": lambda: None}      # weak reference to the generation `process` last saw (on_cfg_denoiser, A1111 < 1.7)
 
 INTENSITY_INFO = ("How strongly flagged tokens are rewritten: 0 = off, 1 = as trained, higher = stronger "
                   "(a token's change is its score times the intensity, at most 1)")
@@ -184,6 +189,7 @@ class EmbeddingSanitizerScript(scripts.Script):
 
     def process(self, p, enabled=False, intensity=1.0, *args):
         d = self.decision(p, enabled, intensity)
+        LAST_PROCESSED["p"] = weakref.ref(p)
         p._embedding_sanitizer = state = {"decision": d, "ledger": W.SanitizeLedger(), "model": None,
                                           "weights": None, "erased": None}
         for note in d.notes:
@@ -309,6 +315,9 @@ class EmbeddingSanitizerScript(scripts.Script):
             reader, texts = self.text_reading(p, stage)
             before = len(state["ledger"].results)
             n, read_plainly = W.sanitize_conditioning(c, model, d, state["ledger"], reader, texts)
+            negative_sanitized = uc is not None and W.negative_counts(W.lowest_cfg(p))
+            if negative_sanitized:
+                n += W.sanitize_conditioning(uc, model, d, state["ledger"])[0]
         except Exception as e:
             if d.enforced:
                 raise
@@ -330,6 +339,7 @@ class EmbeddingSanitizerScript(scripts.Script):
              "weights": state["weights"], "intensity": d.intensity, "enforced": d.enforced,
              "positive_max_change": W.max_change(state["ledger"]),
              "negative_untouched": uc is None or W.conditioning_signature(uc) == uc_before,
+             "negative_sanitized": negative_sanitized,
              "negative_conds": 0 if uc is None else len(uc_before), "read_plainly": read_plainly,
              "prompt": W.first_prompt(p)})
 
@@ -422,6 +432,27 @@ def on_infotext_pasted(infotext, params):
         params.setdefault(W.PASTE_NAMES[key], value)
 
 
+def on_cfg_denoiser(params):
+    """Every sampling step, while enforced: refuse the step unless its conds are ones we sanitized
+    (W.step_refusal). The webui swallows exceptions here, so a refusal replaces the step's text
+    conditioning with one that raises when the sampler reads it; so does any error while enforced."""
+    if not EmbeddingSanitizerScript.enforced():
+        return
+    try:
+        # A1111 before 1.7 passes no denoiser: the webui runs one generation at a time, so the last
+        # one our process hook saw is the one sampling (a stale one fails the check, never passes it).
+        p = params.denoiser.p if getattr(params, "denoiser", None) is not None else LAST_PROCESSED["p"]()
+        state = getattr(p, "_embedding_sanitizer", None)
+        problem = W.step_refusal(state["ledger"] if state else None, params.text_cond, params.text_uncond,
+                                 W.lowest_cfg(p))
+    except Exception as e:
+        problem = f"checking the sampling step failed ({e})"
+    if problem:
+        reason = f"Embedding Sanitizer: {problem}; enforcement is on, so the generation is refused"
+        log({"event": "refused", "stage": "sampling step", "warning": reason})
+        params.text_cond = W.refused_conditioning(reason)
+
+
 def on_model_loaded(sd_model):
     d = W.resolve_settings(W.read_options(opt), None, None, OPERATOR)
     name = W.pick_weights(d.weights, weight_files())
@@ -440,3 +471,4 @@ def on_model_loaded(sd_model):
 script_callbacks.on_ui_settings(on_ui_settings)
 script_callbacks.on_infotext_pasted(on_infotext_pasted)
 script_callbacks.on_model_loaded(on_model_loaded)
+script_callbacks.on_cfg_denoiser(on_cfg_denoiser)

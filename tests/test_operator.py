@@ -179,3 +179,18 @@ def test_operator_marks_record_the_file_without_tensors():
     assert record["by"] == "operator" and record["file"] == "sd1.safetensors" and record["intensity"] == 1.25
     assert record["concepts"] == "all" and len(record["weights_sha256"]) == 16
     json.dumps(record)
+
+
+@pytest.mark.parametrize("raw, fragment", [
+    ('{"sanitizers": {"sd1-clip-l": "é.safetensors"}}'.encode("latin-1"), "not UTF-8"),
+    ('{"sanitizers": {"sd1-clip-l": "a.safetensors"}}'.encode("utf-16"), "not UTF-8"),
+    (b'{"sanitizers": {"sd1-clip-l": "a.safetensors"}, "min_intensity": 1' + b"0" * 400 + b"}", "minimum intensity"),
+    (b'{"sanitizers": {"sd1-clip-l": "a.safetensors"}, "threshold": 1' + b"0" * 5000 + b"}", "not a valid"),
+    (b"[" * 30_000 + b"]" * 30_000, "not a valid"),       # under the size cap: nesting past the recursion limit
+    (b" " * (70 * 1024), "larger than"),
+])
+def test_hostile_config_files_are_config_errors_never_other_exceptions(tmp_path, raw, fragment):
+    path = tmp_path / "operator.json"
+    path.write_bytes(raw)
+    with pytest.raises(OperatorConfigError, match=fragment):
+        read_operator_config(path)

@@ -484,14 +484,93 @@ def poison_conditioning(conditioning, reason: str) -> None:
         raise RefusedGeneration(reason)
 
 
+# ----------------------------------------------------------------------------- every sampling step
+#
+# Routes that build conds with no script hook (the refiner switch's p.setup_conds(), training
+# previews, whatever comes next) are caught where every route ends: the text conditioning of each
+# denoiser step (script_callbacks.on_cfg_denoiser), compared value for value with what was sanitized.
+
+def lowest_cfg(p) -> float:
+    """The lowest CFG scale p samples with (Forge's hires pass has its own); NaN when unreadable,
+    which counts as below 1."""
+    try:
+        scales = [float(p.cfg_scale)] + [float(v) for v in [getattr(p, "hr_cfg", None)] if v is not None]
+        return min(scales)
+    except (TypeError, ValueError, AttributeError):
+        return float("nan")
+
+
+def negative_counts(cfg_scale: float) -> bool:
+    """Whether the negative conditions the image like a positive: uncond + cfg * (cond - uncond)
+    gives the negative the weight 1 - cfg, positive below CFG 1 (NaN: assume so)."""
+    return not cfg_scale >= 1
+
+
+def step_uses_sanitized(text_cond, produced: Sequence) -> bool:
+    """Whether every row block of a denoiser step's text conditioning (one (T, D) block per image
+    and AND part, as the webui reconstructs it for the step: a cond, then its last row repeated
+    up to the longest) is one of the `produced` (sanitized) conds, value for value."""
+    if isinstance(text_cond, Mapping):
+        crossattn, vector = text_cond.get("crossattn"), text_cond.get("vector")
+    else:
+        crossattn, vector = text_cond, None
+    if not torch.is_tensor(crossattn) or crossattn.dim() != 3 or crossattn.shape[0] == 0:
+        return False
+    return all(any(_block_is(crossattn[i], None if vector is None else vector[i], cond) for cond in produced)
+               for i in range(crossattn.shape[0]))
+
+
+def _block_is(block: torch.Tensor, vector: Optional[torch.Tensor], cond) -> bool:
+    embedding = cond["crossattn"] if isinstance(cond, Mapping) else cond
+    rows = embedding.shape[0]
+    if rows > block.shape[0] or embedding.shape[1:] != block.shape[1:]:
+        return False
+    embedding = embedding.to(block.device, block.dtype)
+    if not (torch.equal(block[:rows], embedding) and torch.equal(block[rows:], embedding[-1:].expand_as(block[rows:]))):
+        return False
+    if vector is None:
+        return not isinstance(cond, Mapping)
+    return isinstance(cond, Mapping) and torch.equal(vector, cond["vector"].to(vector.device, vector.dtype))
+
+
+def step_refusal(ledger: Optional["SanitizeLedger"], text_cond, text_uncond, cfg_scale: float) -> Optional[str]:
+    """Why an enforced generation must not take this sampling step, or None. `ledger` is the
+    generation's (None: the extension never set it up, e.g. a training preview built with no scripts)."""
+    if ledger is None:
+        return ("this generation was not set up by Embedding Sanitizer (a path that runs no scripts, "
+                "such as a training preview)")
+    if not step_uses_sanitized(text_cond, ledger.keep):
+        return ("the sampler switched to a conditioning that was not sanitized (for example after a "
+                "refiner switch)")
+    if negative_counts(cfg_scale) and not step_uses_sanitized(text_uncond, ledger.keep):
+        return "with CFG below 1 the negative prompt acts as a positive one, and it was not sanitized"
+    return None
+
+
+def refused_conditioning(reason: str):
+    """A stand-in for a step's text conditioning that raises RefusedGeneration(reason) at its first
+    use: a cfg_denoiser callback cannot stop sampling by raising (the webui swallows it)."""
+    def refuse(*args, **kwargs):
+        raise RefusedGeneration(reason)
+
+    class RefusedTensor(torch.Tensor):
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            refuse()
+
+    return torch.empty(0).as_subclass(RefusedTensor)
+
+
 # ----------------------------------------------------------------------------- the webui's objects
 #
 # Duck-typed readers of the webui's processing object and text engines (A1111 and Forge).
 
 def privatize_caches(p) -> None:
-    """Give p its own positive prompt caches: the webui's class-wide ones (shared by all
-    requests, keyed without our settings) must never hold sanitized or refused conds."""
-    for attr in ("cached_c", "cached_hr_c"):
+    """Give p its own positive prompt caches (and negative ones below CFG 1, where the negative is
+    sanitized too): the webui's class-wide ones (shared by all requests, keyed without our
+    settings) must never hold sanitized or refused conds."""
+    negative = ("cached_uc", "cached_hr_uc") if negative_counts(lowest_cfg(p)) else ()
+    for attr in ("cached_c", "cached_hr_c") + negative:
         cache = getattr(p, attr, None)
         if cache is not None and cache is getattr(type(p), attr, None):
             setattr(p, attr, [None] * len(cache))

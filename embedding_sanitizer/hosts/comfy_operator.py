@@ -56,19 +56,38 @@ class OperatorPolicy:
     source: Path                                 # the configuration file
 
 
+MAX_CONFIG_BYTES = 64 * 1024     # a real configuration is a few hundred bytes
+
+
 def read_operator_config(path: os.PathLike | str) -> OperatorPolicy:
+    """The operator's policy from `path`. Every failure, whatever the file holds (not UTF-8, a
+    number of thousands of digits, brackets nested past the recursion limit), is an
+    OperatorConfigError: the caller must be able to fail closed instead of failing to import."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise OperatorConfigError(f"cannot read the operator configuration {path}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise OperatorConfigError(f"{path} is larger than {MAX_CONFIG_BYTES} bytes; not an operator configuration")
+    try:
+        text = raw.decode("utf-8-sig")       # a UTF-8 byte-order mark, as some editors write, is allowed
+    except UnicodeDecodeError as exc:
+        raise OperatorConfigError(f"{path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     try:
         data = json.loads(text, object_pairs_hook=validation.unique_keys)
+        return parse_operator_config(data, path)
+    except OperatorConfigError:
+        raise
     except validation.InvalidValue as exc:   # a key given twice: json would silently take its last value
         raise OperatorConfigError(f"{path}: {exc}") from None
     except json.JSONDecodeError as exc:
         raise OperatorConfigError(f"{path} is not valid JSON ({exc})") from None
-    return parse_operator_config(data, path)
+    except (ValueError, RecursionError, OverflowError, TypeError) as exc:
+        # JSONDecodeError, Python's limit on digits in an integer, nesting deeper than the recursion limit
+        raise OperatorConfigError(f"{path} is not a valid operator configuration "
+                                  f"({type(exc).__name__}: {str(exc)[:200]})") from None
 
 
 def parse_operator_config(data: Any, source: os.PathLike | str) -> OperatorPolicy:

@@ -52,7 +52,8 @@ def host(tmp_path, monkeypatch, sanitizer_files):
     modules.scripts = types.SimpleNamespace(Script=Script, AlwaysVisible=object())
     modules.script_callbacks = types.SimpleNamespace(on_ui_settings=reg("ui_settings"),
                                                      on_infotext_pasted=reg("pasted"),
-                                                     on_model_loaded=reg("model_loaded"))
+                                                     on_model_loaded=reg("model_loaded"),
+                                                     on_cfg_denoiser=reg("cfg_denoiser"))
     modules.shared = types.SimpleNamespace(opts=Opts(), sd_model=types.SimpleNamespace(is_sdxl=False, is_sd2=False,
                                                                                      is_sd1=True),
                                            OptionInfo=OptionInfo)

@@ -16,7 +16,7 @@ class FakeP:
     cached_c = [None, None, None]       # class-wide, as in the webui
 
     def __init__(self, prompt):
-        self.prompt, self.prompts, self.steps = prompt, [prompt], 20
+        self.prompt, self.prompts, self.steps, self.cfg_scale = prompt, [prompt], 20, 7.0
         self.extra_generation_params, self.override_settings, self.comments = {}, {}, {}
         self.cached_c = FakeP.cached_c
         self.a, self.b = sd1_cond(seed=1), sd1_cond(seed=2)
@@ -239,3 +239,97 @@ def test_disguised_words_are_read_plainly_through_the_webui_encoder(host, monkey
     # The token display reads the same schedule texts.
     shown = host.mod.DISPLAYS.get(p.prompt, p.extra_generation_params[W.INFOTEXT_KEY])
     assert shown is not None and "a photo of a n4k3d woman" in shown
+
+
+# ------------------------------------------------------------------ every sampling step (on_cfg_denoiser)
+
+def step(host, p, text_cond, text_uncond):
+    """One sampling step as the webui's CFGDenoiser hands it to on_cfg_denoiser; returns the text
+    conditioning the model then reads."""
+    params = types.SimpleNamespace(text_cond=text_cond, text_uncond=text_uncond, denoiser=types.SimpleNamespace(p=p))
+    host.callbacks["cfg_denoiser"](params)
+    return params.text_cond
+
+
+def first_step_conds(c):
+    """The step-0 text conditioning the webui reconstructs from a (Multicond) conditioning."""
+    return torch.stack([c.batch[0][0].schedules[0].cond])
+
+
+def refused(text_cond) -> bool:
+    try:
+        text_cond.shape
+    except W.RefusedGeneration as e:
+        return "refused" in str(e)
+    return False
+
+
+def test_refiner_switch_to_unsanitized_conds_is_refused(host):
+    host.opts.embedding_sanitizer_enforce = True
+    p = run(host, FakeP("a cat"))
+    sanitized = first_step_conds(p.c)
+    assert step(host, p, sanitized, torch.stack([p.neg])) is sanitized        # the sanitized conds pass
+    # apply_refiner reloads the model and calls p.setup_conds(): new, raw conds, and no script hook
+    p.c = FakeP("a cat").c
+    raw = first_step_conds(p.c)
+    assert not torch.equal(raw, sanitized)
+    assert refused(step(host, p, raw, torch.stack([p.neg])))
+
+
+def test_step_check_accepts_padding_and_batches_of_sanitized_conds(host):
+    host.opts.embedding_sanitizer_enforce = True
+    p = run(host, FakeP("a cat"))
+    # padded to a longer AND part elsewhere in the batch: the cond, then its last row repeated
+    padded = [torch.cat([e.cond, e.cond[-1:].expand(77, -1)]) for e in p.c.batch[0][0].schedules]
+    both = torch.stack(padded)
+    assert not refused(step(host, p, both, torch.stack([p.neg, p.neg])))
+    tampered = both.clone()
+    tampered[1, -1] += 1                                           # padding that is not the cond's last row
+    assert refused(step(host, p, tampered, torch.stack([p.neg, p.neg])))
+
+
+def test_without_enforcement_the_step_check_does_nothing(host):
+    p = FakeP("a cat")
+    raw = first_step_conds(p.c)
+    assert step(host, p, raw, torch.stack([p.neg])) is raw
+
+
+@pytest.mark.parametrize("cfg_scale", [0.0, 0.5])
+def test_negative_below_cfg_1_is_sanitized(host, cfg_scale):
+    host.opts.embedding_sanitizer_enforce = True
+    p = FakeP("a cat")
+    p.cfg_scale = cfg_scale
+    run(host, p)
+    negative = p.uc[0][0].cond
+    assert not torch.equal(negative, p.neg)
+    assert torch.allclose(negative, active_model().sanitize(p.neg.unsqueeze(0)).embedding[0])
+    assert FakeP.cached_c == [None, None, None]
+    assert not refused(step(host, p, first_step_conds(p.c), torch.stack([negative])))
+    assert refused(step(host, p, first_step_conds(p.c), torch.stack([p.neg])))   # raw negative at CFG 0.5: refused
+
+
+def test_negative_at_cfg_1_is_left_alone_and_passes_the_step_check(host):
+    host.opts.embedding_sanitizer_enforce = True
+    p = FakeP("a cat")
+    p.cfg_scale = 1.0
+    run(host, p)
+    assert p.uc[0][0].cond is p.neg
+    assert not refused(step(host, p, first_step_conds(p.c), torch.stack([p.neg])))
+
+
+def test_training_preview_without_scripts_is_refused_while_enforced(host):
+    # textual_inversion / hypernetwork previews build a processing object with no scripts:
+    # no hook of ours runs, but every sampling step still passes on_cfg_denoiser.
+    host.opts.embedding_sanitizer_enforce = True
+    p = FakeP("a nude woman")
+    assert refused(step(host, p, first_step_conds(p.c), torch.stack([p.neg])))
+
+
+def test_webui_without_denoiser_in_the_step_params_checks_the_last_processed_generation(host):
+    host.opts.embedding_sanitizer_enforce = True
+    p = run(host, FakeP("a cat"))
+    sanitized = first_step_conds(p.c)
+    for conds, refuses in ((sanitized, False), (first_step_conds(FakeP("a cat").c), True)):
+        params = types.SimpleNamespace(text_cond=conds, text_uncond=torch.stack([p.neg]))     # A1111 1.6
+        host.callbacks["cfg_denoiser"](params)
+        assert refused(params.text_cond) is refuses

@@ -22,6 +22,12 @@ def operator_mode(pack):
     return sys.modules[f"{pack.__name__}.nodes.operator_mode"]
 
 
+@pytest.fixture(scope="module")
+def failsafe(pack):
+    """Where the switch is (operator_failsafe.py: it must work even when the rest cannot load)."""
+    return sys.modules[f"{pack.__name__}.operator_failsafe"]
+
+
 @pytest.fixture()
 def config(tmp_path):
     from embedding_sanitizer import save_sanitizer
@@ -55,7 +61,7 @@ def wrapped(obj, name, operator_mode) -> bool:
     return hasattr(getattr(obj, name), operator_mode.WRAPPED)
 
 
-def test_switch_off_installs_nothing(pack, operator_mode, monkeypatch):
+def test_switch_off_installs_nothing(pack, operator_mode, failsafe, monkeypatch):
     import comfy.samplers
     import execution
     import nodes as comfy_nodes
@@ -65,26 +71,26 @@ def test_switch_off_installs_nothing(pack, operator_mode, monkeypatch):
         assert not wrapped(comfy.samplers.CFGGuider, "inner_set_conds", operator_mode)
     assert not wrapped(execution.PromptQueue, "task_done", operator_mode)
     assert not wrapped(comfy_nodes.SaveImage, "save_images", operator_mode)
-    monkeypatch.delenv(operator_mode.ENV_VAR, raising=False)
+    monkeypatch.delenv(failsafe.ENV_VAR, raising=False)
     assert operator_mode.setup() is None
 
 
-def test_config_location_env_var_then_user_directory(operator_mode, monkeypatch, tmp_path):
+def test_config_location_env_var_then_user_directory(failsafe, monkeypatch, tmp_path):
     import folder_paths
     user = tmp_path / "user"
     user.mkdir()
-    monkeypatch.delenv(operator_mode.ENV_VAR, raising=False)
+    monkeypatch.delenv(failsafe.ENV_VAR, raising=False)
     monkeypatch.setattr(folder_paths, "get_user_directory", lambda: str(user), raising=False)
-    assert operator_mode.config_location() is None
-    (user / operator_mode.CONFIG_NAME).write_text("{}")
-    assert operator_mode.config_location() == user / operator_mode.CONFIG_NAME
-    monkeypatch.setenv(operator_mode.ENV_VAR, str(tmp_path / "elsewhere.json"))
-    assert operator_mode.config_location() == tmp_path / "elsewhere.json"   # set but missing: still enforced
+    assert failsafe.config_location() is None
+    (user / failsafe.CONFIG_NAME).write_text("{}")
+    assert failsafe.config_location() == user / failsafe.CONFIG_NAME
+    monkeypatch.setenv(failsafe.ENV_VAR, str(tmp_path / "elsewhere.json"))
+    assert failsafe.config_location() == tmp_path / "elsewhere.json"   # set but missing: still enforced
 
 
-def test_no_known_choke_point_refuses_to_start(operator_mode, config, monkeypatch):
+def test_no_known_choke_point_refuses_to_start(operator_mode, failsafe, config, monkeypatch):
     import comfy.samplers
-    monkeypatch.setenv(operator_mode.ENV_VAR, str(config))
+    monkeypatch.setenv(failsafe.ENV_VAR, str(config))
     monkeypatch.delattr(comfy.samplers, "sample")
     if hasattr(comfy.samplers, "CFGGuider"):
         monkeypatch.delattr(comfy.samplers.CFGGuider, "inner_set_conds")
