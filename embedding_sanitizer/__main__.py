@@ -123,7 +123,7 @@ def cmd_train(args):
     from . import save_sanitizer
     from .encoders import load_encoder
     from .lexicon import builtin_concepts, load_concepts_file
-    from .train import train_sanitizer
+    from .train import summary_text, train_sanitizer
 
     builtin = builtin_concepts()
     names = list(validation.concepts(args.concepts) or ())
@@ -142,13 +142,8 @@ def cmd_train(args):
     model, summary = train_sanitizer(encoder, concepts, config)
     summary["command"] = "python -m embedding_sanitizer " + " ".join(sys.argv[1:])
     out = save_sanitizer(model, args.out, summary)
-    h = summary["heldout"]
-    print(f"\nsaved {out} ({out.stat().st_size / 1e6:.1f} MB, {model.parameter_count():,} parameters, "
-          f"{summary['train_seconds']} s)\n"
-          f"held-out terms: AUROC {h.get('auroc')}, TPR@1%FPR {h.get('tpr_at_1pct_fpr')}; benign prompts: "
-          f"cosine {h.get('benign_cosine_mean')}, touched share {h.get('benign_touched_share')}")
-    for warning in summary["warnings"]:
-        print(f"warning: {warning}")
+    print(f"\nSaved {out} ({out.stat().st_size / 1e6:.1f} MB, {model.parameter_count():,} parameters).\n"
+          f"{summary_text(summary)}")
 
 
 def cmd_measure(args):

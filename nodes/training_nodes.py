@@ -12,7 +12,7 @@ import torch
 
 from embedding_sanitizer import save_sanitizer, validation
 from embedding_sanitizer.lexicon import Concept, builtin_concepts
-from embedding_sanitizer.train import TrainConfig, train_sanitizer
+from embedding_sanitizer.train import TrainConfig, summary_text, train_sanitizer
 
 from .common import CATEGORY, FOLDER, register_folder
 from .text_encoders import ComfyTextEncoder
@@ -135,12 +135,8 @@ class EmbeddingSanitizerTrain:
             encoder = ComfyTextEncoder(clip, on_encoded)
             model, summary = train_sanitizer(encoder, concepts, config, progress=progress, on_stage=on_stage)
         saved = _save_beside(model, target, summary, bool(overwrite))
-        heldout = summary.get("heldout", {})
         moved = "" if saved == target else f" ({os.path.basename(target)} appeared while training and was kept)"
-        text = (f"saved {saved}{moved}\nencoder {encoder.name} ({encoder.family}), concepts "
-                f"{[c.name for c in concepts]}, steps {steps}, seed {seed}\n"
-                + ", ".join(f"{k} {v}" for k, v in heldout.items())
-                + "".join(f"\nwarning: {w}" for w in summary["warnings"]))
+        text = f"Saved {saved}{moved}.\n{summary_text(summary)}"
         return {"ui": {"text": [text]}, "result": (model, text)}
 
     @staticmethod
