@@ -77,7 +77,8 @@ class EmbeddingSanitizerTrain:
                 "steps": ("INT", {"default": TrainConfig.steps, "min": 10, "max": 100000, "step": 10,
                                   "tooltip": f"Optimisation steps ({TrainConfig.steps} is the default training)."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF,
-                                 "tooltip": "Seed for the synthesized prompts and the training: same seed, same result."}),
+                                 "tooltip": "Seed for the synthesized prompts and the training: same seed, same result "
+                                            "(a new node keeps it fixed after a run)."}),
                 "filename": ("STRING", {"default": "my-sanitizer",
                                         "tooltip": "Saved as models/sanitizers/<filename>.safetensors."}),
                 "overwrite": ("BOOLEAN", {"default": False,
