@@ -1,4 +1,4 @@
-"""Command line: python -m embedding_sanitizer {demo,score,train,measure,eval} (see --help)."""
+"""Command line: python -m embedding_sanitizer {demo,score,train,release,measure,eval} (see --help)."""
 
 from __future__ import annotations
 
@@ -146,6 +146,20 @@ def cmd_train(args):
           f"{summary_text(summary)}")
 
 
+def cmd_release(args):
+    from .release import read_recipe, release
+
+    encoders = {}
+    for item in args.encoder:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise CliError(f"--encoder takes NAME=PATH (a name of the recipe), got {item!r:.80}")
+        encoders[name] = path
+    only = [name.strip() for name in args.only.split(",") if name.strip()] if args.only else None
+    release(read_recipe(args.recipe), args.out, encoders, only, args.force, args.device,
+            command="python -m embedding_sanitizer " + " ".join(sys.argv[1:]))
+
+
 def cmd_measure(args):
     from .measure import measure
 
@@ -192,6 +206,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--out", required=True, help="where to write the .safetensors weight file")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("release", help="train the released sanitizers of a recipe, each with a model card")
+    p.add_argument("--recipe", default="tools/release.json", help="the JSON recipe (default: tools/release.json)")
+    p.add_argument("--out", required=True, help="folder for the weight files and their cards")
+    p.add_argument("--encoder", action="append", default=[], metavar="NAME=PATH",
+                   help="the text encoder of the recipe's sanitizer NAME (repeat per sanitizer)")
+    p.add_argument("--only", help="comma-separated sanitizer names to train (default: all of the recipe)")
+    p.add_argument("--force", action="store_true", help="replace existing weight files and cards")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.set_defaults(func=cmd_release)
 
     p = sub.add_parser("measure", help="held-out and real-prompt-set figures for a sanitizer")
     common(p)
