@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import io
 import json
+import shlex
 import sys
 import time
 
@@ -140,7 +141,7 @@ def cmd_train(args):
     if args.benign is not None:
         config = dataclasses.replace(config, benign=args.benign)
     model, summary = train_sanitizer(encoder, concepts, config)
-    summary["command"] = "python -m embedding_sanitizer " + " ".join(sys.argv[1:])
+    summary["command"] = args.command_line
     out = save_sanitizer(model, args.out, summary)
     print(f"\nSaved {out} ({out.stat().st_size / 1e6:.1f} MB, {model.parameter_count():,} parameters).\n"
           f"{summary_text(summary)}")
@@ -157,7 +158,7 @@ def cmd_release(args):
         encoders[name] = path
     only = [name.strip() for name in args.only.split(",") if name.strip()] if args.only else None
     release(read_recipe(args.recipe), args.out, encoders, only, args.force, args.device,
-            command="python -m embedding_sanitizer " + " ".join(sys.argv[1:]))
+            command=args.command_line)
 
 
 def cmd_measure(args):
@@ -238,6 +239,7 @@ def main(argv=None):
         from .evaluation.run import main as eval_main
         raise SystemExit(eval_main(argv[1:]))
     args = build_parser().parse_args(argv)
+    args.command_line = shlex.join(["python", "-m", "embedding_sanitizer", *argv])    # recorded in what it trains
     try:
         args.func(args)
     except (CliError, ValueError, OSError) as exc:   # WeightFileError and InvalidValue are ValueErrors
