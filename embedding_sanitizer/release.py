@@ -170,7 +170,11 @@ def _sha256(path: Path) -> str:
 def model_card(entry: ReleaseEntry, summary: dict, weight: Path, license: str) -> str:
     """The Markdown card of a released weight file: what a user needs to pick it and trust it."""
     heldout = summary.get("heldout") or {}
-    figures = "\n".join(f"| {key} | {value} |" for key, value in heldout.items())
+    rows = {key: value for key, value in heldout.items() if not isinstance(value, dict)}
+    rows.update({f"unsafe_touched_share ({name})": share
+                 for name, share in heldout.get("unsafe_touched_share_by_concept", {}).items()})
+    figures = "\n".join(f"| {key} | {value} |" for key, value in rows.items())
+    sentences = summary_text(summary).replace("\n", "\n\n")      # one Markdown paragraph each
     concepts = "\n".join(f"- {name}: {c['train_terms']} training terms, {c['heldout_terms']} held-out terms, "
                          f"{c['anchors']} anchors" for name, c in summary["concepts"].items())
     return f"""# {weight.stem}
@@ -192,7 +196,7 @@ fits this encoder family only; hosts refuse it on another.
 
 Measured on prompts built from terms the training never saw, and on benign prompts it never saw.
 
-{summary_text(summary)}
+{sentences}
 
 | figure | value |
 |---|---|
