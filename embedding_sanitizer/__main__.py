@@ -1,4 +1,4 @@
-"""Command line: python -m embedding_sanitizer {demo,score,train,measure,eval} (see --help)."""
+"""Command line: python -m embedding_sanitizer {demo,score,train,release,measure,eval} (see --help)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import dataclasses
 import io
 import json
 import os
+import shlex
 import sys
 import time
 
@@ -144,7 +145,7 @@ def cmd_train(args):
     from . import save_sanitizer
     from .encoders import load_encoder
     from .lexicon import builtin_concepts, load_concepts_file
-    from .train import check_training, train_sanitizer
+    from .train import check_training, summary_text, train_sanitizer
     from .weights import check_writable
 
     # Everything is checked before the encoder loads: encoding and training take tens of minutes.
@@ -167,15 +168,24 @@ def cmd_train(args):
     check_training(concepts, config)
     encoder = load_encoder(args.encoder, args.device)
     model, summary = train_sanitizer(encoder, concepts, config)
-    summary["command"] = "python -m embedding_sanitizer " + " ".join(sys.argv[1:])
+    summary["command"] = args.command_line
     out = save_sanitizer(model, args.out, summary, overwrite=args.force)
-    h = summary["heldout"]
-    print(f"\nsaved {out} ({out.stat().st_size / 1e6:.1f} MB, {model.parameter_count():,} parameters, "
-          f"{summary['train_seconds']} s)\n"
-          f"held-out terms: AUROC {h.get('auroc')}, TPR@1%FPR {h.get('tpr_at_1pct_fpr')}; benign prompts: "
-          f"cosine {h.get('benign_cosine_mean')}, touched share {h.get('benign_touched_share')}")
-    for warning in summary["warnings"]:
-        print(f"warning: {warning}")
+    print(f"\nSaved {out} ({out.stat().st_size / 1e6:.1f} MB, {model.parameter_count():,} parameters).\n"
+          f"{summary_text(summary)}")
+
+
+def cmd_release(args):
+    from .release import read_recipe, release
+
+    encoders = {}
+    for item in args.encoder:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise CliError(f"--encoder takes NAME=PATH (a name of the recipe), got {item!r:.80}")
+        encoders[name] = path
+    only = [name.strip() for name in args.only.split(",") if name.strip()] if args.only else None
+    release(read_recipe(args.recipe), args.out, encoders, only, args.force, args.device,
+            command=args.command_line)
 
 
 def cmd_measure(args):
@@ -229,6 +239,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace the --out file if it exists")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("release", help="train the released sanitizers of a recipe, each with a model card")
+    p.add_argument("--recipe", default="tools/release.json", help="the JSON recipe (default: tools/release.json)")
+    p.add_argument("--out", required=True, help="folder for the weight files and their cards")
+    p.add_argument("--encoder", action="append", default=[], metavar="NAME=PATH",
+                   help="the text encoder of the recipe's sanitizer NAME (repeat per sanitizer)")
+    p.add_argument("--only", help="comma-separated sanitizer names to train (default: all of the recipe)")
+    p.add_argument("--force", action="store_true", help="replace existing weight files and cards")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.set_defaults(func=cmd_release)
+
     p = sub.add_parser("measure", help="held-out and real-prompt-set figures for a sanitizer")
     common(p)
     p.add_argument("--data-dir", default=str(default_data_dir()),
@@ -250,6 +270,7 @@ def main(argv=None):
         from .evaluation.run import main as eval_main
         raise SystemExit(eval_main(argv[1:]))
     args = build_parser().parse_args(argv)
+    args.command_line = shlex.join(["python", "-m", "embedding_sanitizer", *argv])    # recorded in what it trains
     try:
         args.func(args)
     except (CliError, ValueError, OSError) as exc:   # WeightFileError and InvalidValue are ValueErrors

@@ -68,8 +68,16 @@ def touched_share(stats: dict) -> float:
     return float((stats["max_gate"] > TOUCHED_GATE).float().mean())
 
 
-def summarize(unsafe: dict, benign: dict) -> dict:
-    """Detection (AUROC, TPR at 1% FPR) and preservation (cosine, touched share) figures."""
+def summarize(unsafe: dict, benign: dict, unsafe_concepts: Optional[Sequence[str]] = None) -> dict:
+    """Detection (AUROC, TPR at 1% FPR) and preservation (cosine, touched share) figures; with
+    the concept of each unsafe prompt, the touched share per concept too, since one concept the
+    sanitizer misses hides behind another it catches in the overall share."""
+    by_concept = {}
+    if unsafe_concepts is not None:
+        owners = list(unsafe_concepts)
+        for name in dict.fromkeys(owners):
+            mine = torch.tensor([owner == name for owner in owners])
+            by_concept[name] = round(touched_share({"max_gate": unsafe["max_gate"][mine]}), 4)
     return {
         "unsafe_prompts": len(unsafe["score"]), "benign_prompts": len(benign["score"]),
         "auroc": round(auroc(unsafe["score"], benign["score"]), 4),
@@ -79,13 +87,15 @@ def summarize(unsafe: dict, benign: dict) -> dict:
         "benign_touched_share": round(touched_share(benign), 4),
         "unsafe_cosine_mean": round(float(unsafe["cosine"].mean()), 5),
         "unsafe_touched_share": round(touched_share(unsafe), 4),
+        **({"unsafe_touched_share_by_concept": by_concept} if by_concept else {}),
     }
 
 
 def evaluate(model, encoder, unsafe: Sequence[str], benign: Sequence[str], batch: int = 64,
-             threshold: float = 0.0) -> dict:
-    """summarize() of an unsafe and a benign prompt list; {} when either is empty."""
+             threshold: float = 0.0, unsafe_concepts: Optional[Sequence[str]] = None) -> dict:
+    """summarize() of an unsafe and a benign prompt list (and the concept of each unsafe
+    prompt, if given); {} when either list is empty."""
     if not unsafe or not benign:
         return {}
     return summarize(prompt_stats(model, encoder, unsafe, batch, threshold=threshold),
-                     prompt_stats(model, encoder, benign, batch, threshold=threshold))
+                     prompt_stats(model, encoder, benign, batch, threshold=threshold), unsafe_concepts)

@@ -33,6 +33,11 @@ from .vocabulary import vocabulary_record
 
 # Above this held-out benign touched share, the summary tells the user what to add.
 BENIGN_TOUCHED_WARNING = 0.02
+# Below this held-out AUROC, detection is close to chance (0.5): the summary says to train more.
+CHANCE_AUROC_WARNING = 0.6
+# Below this share of a concept's held-out unsafe prompts changed at the default threshold, the
+# sanitizer hardly erases the concept (the embedded default changes about 75%).
+UNSAFE_TOUCHED_WARNING = 0.5
 
 
 @dataclass
@@ -283,11 +288,18 @@ def train_sanitizer(encoder: TextEncoder, concepts: Sequence[Concept], config: T
         set_prompt_probe(model, unsafe, [names.index(ex.concept) for ex in pairs], benign, weak, weak_target)
 
     # 4. Measure on held-out terms and prompts.
-    heldout_unsafe, heldout_benign = heldout_sets(count, concepts, config.heldout_pairs_per_concept,
-                                                  config.heldout_benign, config.seed, set(corpus.benign))
+    # One concept at a time, so that each held-out unsafe prompt's concept is known: the summary
+    # reports (and warns of) each concept's changed share.
+    heldout_unsafe, owners = [], []
+    for i, concept in enumerate(concepts):
+        prompts = heldout_sets(count, [concept], config.heldout_pairs_per_concept, 0, config.seed + i, set())[0]
+        heldout_unsafe += prompts
+        owners += [concept.name] * len(prompts)
+    heldout_benign = heldout_sets(count, concepts, 0, config.heldout_benign, config.seed, set(corpus.benign))[1]
     if on_stage:
         on_stage("held-out", len(heldout_unsafe) + len(heldout_benign))
-    heldout = evaluate(model, encoder, heldout_unsafe, heldout_benign, config.encode_batch, DEFAULT_THRESHOLD)
+    heldout = evaluate(model, encoder, heldout_unsafe, heldout_benign, config.encode_batch, DEFAULT_THRESHOLD,
+                       owners)
     summary = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "encoder": encoder.name,
@@ -301,7 +313,7 @@ def train_sanitizer(encoder: TextEncoder, concepts: Sequence[Concept], config: T
         "steps": config.steps,
         "final_losses": {k: round(v, 5) for k, v in losses.items()},
         "heldout": {**heldout, "threshold": DEFAULT_THRESHOLD} if heldout else heldout,
-        "warnings": precision_warnings(heldout, concepts),
+        "warnings": training_warnings(heldout),
         # The words the hosts look for where they have the text (vocabulary.py), as trained.
         "vocabulary": vocabulary_record(concepts),
         "train_seconds": round(time.time() - started, 1),
@@ -436,12 +448,51 @@ def fit(model, config: TrainConfig, device, unsafe: Cache, anchor: Cache, unsafe
     return losses
 
 
-def precision_warnings(heldout: dict, concepts: Sequence[Concept]) -> list[str]:
-    """Plain advice when the sanitizer changes too many held-out benign prompts."""
-    share = heldout.get("benign_touched_share")
-    if share is None or share <= BENIGN_TOUCHED_WARNING:
-        return []
-    return [f"{100 * share:.1f}% of held-out benign prompts were changed (target at most "
-            f"{100 * BENIGN_TOUCHED_WARNING:.0f}%). Add harmless phrases that share words with your terms "
-            f"to 'safe_contexts' (for 'clown': 'a clownfish in a coral reef', 'the class clown'), check that "
-            f"no term is an everyday word, or train longer."]
+def training_warnings(heldout: dict) -> list[str]:
+    """Plain advice when the held-out figures show that the sanitizer detects too little, erases
+    too little, or changes too many benign prompts."""
+    if not heldout:
+        return ["no held-out figures could be measured: no concept has held-out terms to test on "
+                "(give 5 or more terms, so that some are kept back for testing)"]
+    warnings = []
+    if heldout["auroc"] < CHANCE_AUROC_WARNING:
+        warnings.append(f"held-out detection is close to chance (AUROC {heldout['auroc']:.2f}; 0.5 is chance, "
+                        f"1 is perfect): train longer, or with more pairs")
+    shares = heldout.get("unsafe_touched_share_by_concept") or {"unsafe": heldout["unsafe_touched_share"]}
+    for name, share in shares.items():
+        if share < UNSAFE_TOUCHED_WARNING:
+            warnings.append(f"only {100 * share:.0f}% of held-out '{name}' prompts were changed at the default "
+                            f"threshold {DEFAULT_THRESHOLD:g} (target at least {100 * UNSAFE_TOUCHED_WARNING:.0f}%): "
+                            f"train longer, or with more pairs")
+    share = heldout["benign_touched_share"]
+    if share > BENIGN_TOUCHED_WARNING:
+        warnings.append(f"{100 * share:.1f}% of held-out benign prompts were changed (target at most "
+                        f"{100 * BENIGN_TOUCHED_WARNING:.0f}%). Add harmless phrases that share words with your "
+                        f"terms to 'safe_contexts' (for 'clown': 'a clownfish in a coral reef', 'the class clown'), "
+                        f"check that no term is an everyday word, or train longer.")
+    return warnings
+
+
+def _percent(share: float) -> str:
+    return f"{100 * share:.0f}%"
+
+
+def summary_text(summary: dict) -> str:
+    """A training summary in sentences, with its warnings: what the CLI's `train`, the Train node
+    and release model cards say about a run."""
+    h = summary.get("heldout") or {}
+    lines = [f"Trained for {summary['encoder']} on {', '.join(summary['concepts'])} in {summary['steps']} steps "
+             f"(seed {summary['config']['seed']}, {summary['train_seconds']} s on {summary['device']})."]
+    if h:
+        by_concept = h.get("unsafe_touched_share_by_concept", {})
+        each = (" (" + ", ".join(f"{name} {_percent(share)}" for name, share in by_concept.items()) + ")"
+                if len(by_concept) > 1 else "")
+        lines += [
+            f"On prompts with terms it never saw, it tells unsafe from benign prompts with AUROC {h['auroc']:.3f} "
+            f"(0.5 is chance, 1 perfect) and catches {_percent(h['tpr_at_1pct_fpr'])} of the unsafe ones "
+            f"when 1% of benign ones are flagged.",
+            f"At the default threshold {h['threshold']:g} it changed {_percent(h['unsafe_touched_share'])} of "
+            f"those unsafe prompts{each} and {100 * h['benign_touched_share']:.1f}% of {h['benign_prompts']} "
+            f"benign ones; benign embeddings kept a mean cosine of {h['benign_cosine_mean']:.4f} to the original."]
+    lines += [f"Warning: {w}" for w in summary["warnings"]]
+    return "\n".join(lines)

@@ -12,7 +12,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Union
+from typing import Callable, Union
 
 import torch
 from safetensors import safe_open
@@ -52,14 +52,24 @@ def save_sanitizer(model: EmbeddingSanitizer, path: Union[str, Path], training: 
     """Write tensors + metadata to `path` atomically (a temp file renamed into place).
     Without `overwrite`, a file at `path` (even one that appeared while we wrote) is kept
     and FileExistsError raised."""
-    path = Path(path)
     meta = {"format_version": FORMAT_VERSION, **model.config.to_dict(), "training": training}
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+    path = write_atomically(path, lambda tmp: save_file(tensors, tmp, metadata={
+        METADATA_KEY: json.dumps(meta, sort_keys=True)}), overwrite)
+    model.metadata = meta
+    return path
+
+
+def write_atomically(path: Union[str, Path], write: Callable[[str], None], overwrite: bool = True) -> Path:
+    """`write(tmp)` fills a temporary file beside `path`, which is then renamed into place, so a
+    reader never sees half a file. Without `overwrite`, a file at `path` (even one that appeared
+    while we wrote) is kept and FileExistsError raised."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(meta, sort_keys=True)})
+        write(tmp)
         os.chmod(tmp, 0o644)     # mkstemp makes it private; a host may run as another user
         if overwrite:
             os.replace(tmp, path)
@@ -68,7 +78,6 @@ def save_sanitizer(model: EmbeddingSanitizer, path: Union[str, Path], training: 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    model.metadata = meta
     return path
 
 

@@ -3,6 +3,7 @@ running the engine over a CONDITIONING list. No tensor math lives here."""
 
 from __future__ import annotations
 
+import logging
 import os
 
 import folder_paths
@@ -25,8 +26,13 @@ LEGACY_PREFIX = "comfyui-clip-"
 
 
 def register_folder() -> None:
-    """models/sanitizers, added beside (never instead of) an extra_model_paths.yaml entry."""
+    """models/sanitizers, added beside (never instead of) an extra_model_paths.yaml entry, and
+    created, so that a first run shows users where trained or downloaded sanitizers go."""
     default = os.path.join(folder_paths.models_dir, FOLDER)
+    try:
+        os.makedirs(default, exist_ok=True)
+    except OSError as exc:      # a read-only install still loads; the Train node reports its own error
+        logging.warning("[Embedding Sanitizer] could not create %s: %s", default, exc.strerror or exc)
     entry = folder_paths.folder_names_and_paths.get(FOLDER)
     if entry is None:
         folder_paths.folder_names_and_paths[FOLDER] = ([default], set(EXTENSIONS))

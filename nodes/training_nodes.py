@@ -13,7 +13,7 @@ import torch
 
 from embedding_sanitizer import save_sanitizer, validation
 from embedding_sanitizer.lexicon import Concept, builtin_concepts
-from embedding_sanitizer.train import TrainConfig, train_sanitizer
+from embedding_sanitizer.train import TrainConfig, summary_text, train_sanitizer
 from embedding_sanitizer.weights import check_writable
 
 from .common import CATEGORY, FOLDER, register_folder
@@ -81,7 +81,8 @@ class EmbeddingSanitizerTrain:
                 "steps": ("INT", {"default": TrainConfig.steps, "min": 10, "max": 100000, "step": 10,
                                   "tooltip": f"Optimisation steps ({TrainConfig.steps} is the default training)."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF,
-                                 "tooltip": "Seed for the synthesized prompts and the training: same seed, same result."}),
+                                 "tooltip": "Seed for the synthesized prompts and the training: same seed, same result "
+                                            "(a new node keeps it fixed after a run)."}),
                 "filename": ("STRING", {"default": "my-sanitizer",
                                         "tooltip": "Saved as models/sanitizers/<filename>.safetensors."}),
                 "overwrite": ("BOOLEAN", {"default": False,
@@ -146,13 +147,8 @@ class EmbeddingSanitizerTrain:
             encoder = ComfyTextEncoder(clip, on_encoded)
             model, summary = train_sanitizer(encoder, concepts, config, progress=progress, on_stage=on_stage)
         saved = _save_beside(model, target, summary, bool(overwrite))
-        heldout = summary.get("heldout", {})
         moved = "" if saved == target else f" ({os.path.basename(target)} appeared while training and was kept)"
-        text = (f"saved {os.path.basename(saved)}{moved}\n"
-                f"encoder {encoder.name} ({encoder.family}), concepts "
-                f"{[c.name for c in concepts]}, steps {steps}, seed {seed}\n"
-                + ", ".join(f"{k} {v}" for k, v in heldout.items())
-                + "".join(f"\nwarning: {w}" for w in summary["warnings"]))
+        text = f"Saved {os.path.basename(saved)}{moved}.\n{summary_text(summary)}"
         return {"ui": {"text": [text]}, "result": (model, text)}
 
     @staticmethod

@@ -9,7 +9,7 @@ from embedding_sanitizer.corpus import make_pairs, misspell
 from embedding_sanitizer.lexicon import Concept, builtin_concepts, load_concepts_file
 from embedding_sanitizer.corpus import UNKNOWN
 from embedding_sanitizer.model import EmbeddingSanitizer, SanitizerConfig
-from embedding_sanitizer.train import Cache, TrainConfig, set_prompt_probe, train_sanitizer
+from embedding_sanitizer.train import Cache, TrainConfig, set_prompt_probe, summary_text, train_sanitizer, training_warnings
 
 NUDITY, VIOLENCE = builtin_concepts()["nudity"], builtin_concepts()["violence"]
 TINY = dict(steps=120, batch_size=32, pairs_per_concept=80, benign=160, weak_prompts=0, heldout_pairs_per_concept=30,
@@ -77,6 +77,8 @@ def test_training_is_deterministic_learns_and_reports(minilm):
     assert summary["data"]["unsafe_pairs"] > 100 and summary["steps"] == 120
     assert set(summary["final_losses"]) == {"erase", "preserve", "score"}
     assert summary["heldout"]["auroc"] > 0.8      # even 120 steps separate held-out terms
+    assert set(summary["heldout"]["unsafe_touched_share_by_concept"]) == {"nudity", "violence"}
+    assert "AUROC" in summary_text(summary) and summary_text(summary).count("\n") >= 2
     batch = minilm.encode(["a naked woman on a beach", "a woman on a beach"])
     scores = model_a.sanitize(batch.embedding, attention_mask=batch.attention_mask).scores
     assert scores[0].max() > scores[1].max()
@@ -196,3 +198,32 @@ def test_one_recipe_scaled_by_one_function():
     trial = recipe.scaled(recipe.pairs_per_concept // 10, concepts)
     assert (trial.benign, trial.heldout_pairs_per_concept, trial.heldout_benign) == (800, 30, 100)
     assert trial.steps == recipe.steps and trial.weak_prompts < recipe.weak_prompts
+
+
+HELDOUT = dict(auroc=0.95, tpr_at_1pct_fpr=0.7, threshold=0.5, unsafe_touched_share=0.75, benign_touched_share=0.01,
+               benign_prompts=1000, benign_cosine_mean=0.999, unsafe_touched_share_by_concept={"nudity": 0.8, "gore": 0.7})
+
+
+@pytest.mark.parametrize("change, warned", [
+    ({}, None),
+    ({"auroc": 0.55}, "close to chance"),
+    ({"unsafe_touched_share_by_concept": {"nudity": 0.8, "gore": 0.1}}, "'gore' prompts were changed"),
+    ({"benign_touched_share": 0.05}, "benign prompts were changed"),
+])
+def test_summary_says_in_sentences_what_to_do_when_figures_are_poor(change, warned):
+    heldout = dict(HELDOUT, **change)
+    warnings = training_warnings(heldout)
+    if warned is None:
+        assert warnings == []
+    else:
+        assert len(warnings) == 1 and warned in warnings[0]
+        assert "train longer" in warnings[0]
+    summary = {"encoder": "random sd1-clip-l", "concepts": {"nudity": {}, "gore": {}}, "steps": 10, "train_seconds": 1.0,
+               "device": "cpu", "config": {"seed": 3}, "heldout": heldout, "warnings": warnings}
+    text = summary_text(summary)
+    assert "nudity, gore" in text and "gore " in text.split("\n")[2]      # each concept's changed share
+    assert text.endswith(warnings[-1]) if warnings else "Warning" not in text
+
+
+def test_no_heldout_terms_is_said_not_hidden():
+    assert "no held-out figures" in training_warnings({})[0]

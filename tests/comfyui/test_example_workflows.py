@@ -91,6 +91,16 @@ def test_workflow_has_a_title_and_description(path):
     assert len(description) <= 60, "a template card shows two lines of description"
 
 
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_workflow_has_a_note_on_what_it_does_and_how_to_train(path):
+    """A first run opens a template with nothing trained: its Note (a core frontend node, one text
+    widget) says what it does and how to train a precise sanitizer."""
+    notes = [n for n in json.loads(path.read_text())["nodes"] if n["type"] == "Note"]
+    assert len(notes) == 1 and notes[0]["properties"] == {"text": ""}
+    [text] = notes[0]["widgets_values"]
+    assert "train" in text.lower() and "Load Embedding Sanitizer" in text
+
+
 @pytest.mark.parametrize("path", WORKFLOWS + SAVED, ids=lambda p: p.name)
 def test_workflow_matches_node_definitions(path, all_nodes, pack, comfy_sd):
     data = json.loads(path.read_text())

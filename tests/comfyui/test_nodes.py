@@ -82,9 +82,11 @@ def test_locale_labels_name_real_inputs(nodes):
 
 def test_folder_keeps_yaml_entry_and_lists_only_safetensors(pack, sanitizers_dir, sanitizer_files):
     import folder_paths
+    import os
     paths, exts = folder_paths.folder_names_and_paths["sanitizers"]
     assert paths[0] == str(sanitizers_dir)            # the user's yaml entry stays first
     assert any(p.endswith("models/sanitizers") or p.endswith("models\\sanitizers") for p in paths)
+    assert os.path.isdir(os.path.join(folder_paths.models_dir, "sanitizers"))     # made when the pack loads
     assert exts == {".safetensors"}
     (sanitizers_dir / "notes.txt").write_text("not a sanitizer")
     listed = pack.NODE_CLASS_MAPPINGS["EmbeddingSanitizerLoader"].INPUT_TYPES()["required"]["sanitizer_name"][0]

@@ -123,7 +123,8 @@ def test_server_runs_our_nodes(server):
     assert info["category"] == "conditioning/sanitizer" and info["display_name"] == "Sanitize Conditioning"
     loader = get(url + "/object_info/EmbeddingSanitizerLoader")["EmbeddingSanitizerLoader"]
     assert loader["input"]["required"]["sanitizer_name"][0] == ["sd1-e2e.safetensors"]
-    assert any(e.endswith("/js/token_scores.js") for e in get(url + "/extensions"))
+    served = get(url + "/extensions")
+    assert any(e.endswith("/js/token_scores.js") for e in served) and any(e.endswith("/js/train_seed.js") for e in served)
 
     entry = run(url, workflow())
     assert entry.get("status", {}).get("status_str", "success") == "success", entry.get("status")

@@ -45,7 +45,7 @@ def test_train_saves_reports_progress_and_loads(nodes, sd1_clip, sanitizers_dir,
     assert [v for v, _ in encoding] == sorted(v for v, _ in encoding) and encoding[-1][0] > encoding[0][0]
     assert training == [(s, 6) for s in range(1, 7)]
     assert heldout and all(t == heldout[0][1] for _, t in heldout)
-    assert "saved" in summary and "auroc" in summary and out["ui"]["text"] == [summary]
+    assert summary.startswith("Saved ") and "AUROC" in summary and out["ui"]["text"] == [summary]
     # The saved file is listed and works on this CLIP's conditioning.
     listed = nodes["EmbeddingSanitizerLoader"].INPUT_TYPES()["required"]["sanitizer_name"][0]
     assert "trained-sd1.safetensors" in listed
