@@ -169,7 +169,7 @@ class SanitizedMark:
 def mark_sanitized(extras: dict, model, source, source_pooled, result, intensity: float, threshold: float,
                    concepts=None) -> None:
     """Record in a (new) conditioning dict that its embedding is `result`'s, made from `source`."""
-    uses_pooled = bool(model.config.pooled_dim) and source_pooled is not None
+    uses_pooled = source_pooled is not None and result.pooled is not None
     extras[MARK_KEY] = SanitizedMark(
         result.embedding, result.pooled if uses_pooled else None, source, source_pooled, uses_pooled,
         weights_fingerprint(model), model.config.encoder_family, float(intensity), float(threshold),

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from embedding_sanitizer.builtin import BUILTIN_NAME
+
 from .comfy_env import REPO
 
 WORKFLOWS = sorted((REPO / "example_workflows").glob("*.json"))
@@ -119,8 +121,8 @@ def test_workflow_matches_node_definitions(path, all_nodes, pack, comfy_sd):
                 if node["type"] in pack.NODE_CLASS_MAPPINGS or name in ("sampler_name", "scheduler"):
                     if not name.endswith("_name"):
                         assert value in kind, f"{where}: {value!r} not in {kind}"
-                    elif name == "sanitizer_name":
-                        assert value.endswith(".safetensors"), where
+                    elif name == "sanitizer_name":     # works without a file: the built-in one
+                        assert value == kind[0] == BUILTIN_NAME, where
             elif kind == "BOOLEAN":
                 assert isinstance(value, bool), where
             elif kind == "STRING":

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from embedding_sanitizer.builtin import BUILTIN_NAME
 from embedding_sanitizer.model import DEFAULT_THRESHOLD
 
 from .comfy_env import comfy_server, get, server_folders
@@ -122,7 +123,7 @@ def test_server_runs_our_nodes(server):
     info = get(url + "/object_info/EmbeddingSanitizerApply")["EmbeddingSanitizerApply"]
     assert info["category"] == "conditioning/sanitizer" and info["display_name"] == "Sanitize Conditioning"
     loader = get(url + "/object_info/EmbeddingSanitizerLoader")["EmbeddingSanitizerLoader"]
-    assert loader["input"]["required"]["sanitizer_name"][0] == ["sd1-e2e.safetensors"]
+    assert loader["input"]["required"]["sanitizer_name"][0] == [BUILTIN_NAME, "sd1-e2e.safetensors"]
     assert any(e.endswith("/js/token_scores.js") for e in get(url + "/extensions"))
 
     entry = run(url, workflow())
