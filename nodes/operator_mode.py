@@ -30,6 +30,7 @@ import folder_paths
 import torch
 
 from embedding_sanitizer import families, load_sanitizer
+from embedding_sanitizer.builtin import BUILTIN_NAME, BuiltinSanitizer, is_builtin
 from embedding_sanitizer.hosts.comfy_operator import (MARK_KEY, OperatorConfigError, enforcement_plan, file_sha256,
                                           read_operator_config, weights_fingerprint, with_operator)
 
@@ -112,6 +113,10 @@ class Enforcer:
         self.error: Optional[str] = None          # refuses every prompt when set
         self.models, self.files, self.load_errors = {}, {}, {}
         self.records: OrderedDict = OrderedDict()
+        # Families without a trained file get the built-in sanitizer, made on first need (it loads
+        # MiniLM); a failure to make it is kept and refuses those families' prompts.
+        self.builtin: Optional[BuiltinSanitizer] = None
+        self.builtin_error: Optional[str] = None
         try:
             self.policy = read_operator_config(config_path)
         except OperatorConfigError as exc:
@@ -162,12 +167,14 @@ class Enforcer:
                 "concepts": list(self.policy.concepts or []) or "all",
                 "sanitizers": {family: {"file": info["file"], "sha256": info["sha256"][:16],
                                         "loaded": family in self.models}
-                               for family, info in self.files.items()}}
+                               for family, info in self.files.items()},
+                "other_families": BUILTIN_NAME}
 
     def summary(self) -> dict:
         """The policy as saved images and the history record it (file names, no paths)."""
         state = self.state()
-        return {key: state[key] for key in ("enforced", "min_intensity", "threshold", "concepts", "sanitizers") if key in state}
+        return {key: state[key] for key in ("enforced", "min_intensity", "threshold", "concepts", "sanitizers", "other_families")
+                if key in state}
 
     # ------------------------------------------------------------------ the choke point
 
@@ -188,16 +195,13 @@ class Enforcer:
         if self.error:
             raise SanitizingRefused(f"Embedding Sanitizer (operator mode) refused to sample: {self.error}")
         family = model_family(base_model)
-        if family is None or family not in self.files:
-            name = type(getattr(base_model, "model_config", base_model)).__name__
-            raise SanitizingRefused(
-                f"Embedding Sanitizer (operator mode) refused to sample: this server enforces sanitizing and "
-                f"has no sanitizer for this model ({name}, text encoder family {family or 'unknown'}); "
-                f"sanitizers are configured for: {', '.join(sorted(self.files))}")
-        if family in self.load_errors:
-            raise SanitizingRefused(f"Embedding Sanitizer (operator mode) refused to sample: the {family} "
-                                    f"sanitizer did not load: {self.load_errors[family]}")
-        model, name = self.models[family], self.files[family]["file"]
+        if family is not None and family in self.files:
+            if family in self.load_errors:
+                raise SanitizingRefused(f"Embedding Sanitizer (operator mode) refused to sample: the {family} "
+                                        f"sanitizer did not load: {self.load_errors[family]}")
+            model, name = self.models[family], self.files[family]["file"]
+        else:
+            model, name = self._builtin_sanitizer(base_model, family), BUILTIN_NAME
         policy = self.policy
         out = []
         for entry in entries:
@@ -216,7 +220,13 @@ class Enforcer:
             if plan.pooled is not None:
                 extras["pooled_output"] = plan.pooled
             clip, text = self.texts.find(plan.embedding, embedding)
-            if clip is not None and clip_family(clip, embedding.shape[-1]) != model.config.encoder_family:
+            if is_builtin(model):
+                if clip is None:
+                    raise SanitizingRefused(
+                        f"Embedding Sanitizer (operator mode) refused to sample: {self._no_file(base_model, family)}, "
+                        f"and the {BUILTIN_NAME} sanitizer cannot read the '{key}' conditioning: it reads the "
+                        f"prompt's text, which only CLIP Text Encode's conditionings carry")
+            elif clip is not None and clip_family(clip, embedding.shape[-1]) != model.config.encoder_family:
                 clip, text = None, None      # not this sanitizer's encoder: no reading, and no new refusal
             [[new_embedding, new_extras]], _, ui = sanitize_conditioning(
                 [[plan.embedding, extras]], model, plan.intensity, plan.threshold, clip, text,
@@ -232,6 +242,27 @@ class Enforcer:
                                "erased_tokens": sum(u["erased_tokens"] for u in ui),
                                "replaced_node_sanitizing": plan.mark is not None})
         return out
+
+    def _no_file(self, base_model, family) -> str:
+        name = type(getattr(base_model, "model_config", base_model)).__name__
+        return (f"this server enforces sanitizing and has no sanitizer for this model ({name}, text encoder family "
+                f"{family or 'unknown'}) trained; trained sanitizers are configured for: "
+                f"{', '.join(sorted(self.files)) or 'none'}")
+
+    def _builtin_sanitizer(self, base_model, family) -> BuiltinSanitizer:
+        if self.builtin is None and self.builtin_error is None:
+            try:
+                builtin = BuiltinSanitizer()
+                builtin.concept_mask(self.policy.concepts)      # raises on a concept it lacks
+                self.builtin = builtin
+                LOG.warning("Embedding Sanitizer: families without a trained file use the %s sanitizer", BUILTIN_NAME)
+            except Exception as exc:     # noqa: BLE001  refuses those families' prompts
+                self.builtin_error = str(exc)
+        if self.builtin is None:
+            raise SanitizingRefused(f"Embedding Sanitizer (operator mode) refused to sample: "
+                                    f"{self._no_file(base_model, family)}, and the {BUILTIN_NAME} sanitizer did "
+                                    f"not load: {self.builtin_error}")
+        return self.builtin
 
     # ------------------------------------------------------------------ records
 

@@ -49,7 +49,7 @@ class SanitizerSpec:
 
 @dataclass(frozen=True)
 class OperatorPolicy:
-    sanitizers: Mapping[str, SanitizerSpec]      # encoder family -> weight file
+    sanitizers: Mapping[str, SanitizerSpec]      # encoder family -> weight file; others: the built-in one
     min_intensity: float
     threshold: float                             # the highest threshold allowed (lower is stronger)
     concepts: Optional[tuple[str, ...]]          # None = every concept of each weight file
@@ -77,10 +77,11 @@ def parse_operator_config(data: Any, source: os.PathLike | str) -> OperatorPolic
     unknown = sorted(set(data) - _KEYS)
     if unknown:
         raise OperatorConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(_KEYS)}")
-    table = data.get("sanitizers")
-    if not isinstance(table, dict) or not table:
-        raise OperatorConfigError(f"{where}: 'sanitizers' must map at least one encoder family "
-                                  f"(e.g. \"sd1-clip-l\") to a weight file")
+    # Families without a file are sanitized by the built-in sanitizer (builtin.py), so none is required.
+    table = data.get("sanitizers", {})
+    if not isinstance(table, dict):
+        raise OperatorConfigError(f"{where}: 'sanitizers' must map encoder families "
+                                  f"(e.g. \"sd1-clip-l\") to weight files")
     sanitizers = {}
     for family, entry in table.items():
         if not family.strip():
