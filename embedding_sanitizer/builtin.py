@@ -56,7 +56,7 @@ class NoTextError(ValueError):
 
 def no_text_message(where: str) -> str:
     return (f"the built-in sanitizer reads the prompt's text, and {where} has none; "
-            f"connect clip and text, or load a sanitizer trained for this text encoder")
+            f"a sanitizer trained for this text encoder needs no text")
 
 
 @dataclass(frozen=True)

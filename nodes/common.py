@@ -124,7 +124,8 @@ def sanitize_conditioning(conditioning, model, intensity: float, threshold: floa
         attention_mask = valid_rows(embedding, extras.get("attention_mask"))
         if builtin:
             if host_encoder is None or not isinstance(text, str):
-                raise NoTextError(f"Embedding Sanitizer: {no_text_message('a conditioning without clip and text')}")
+                raise NoTextError(f"Embedding Sanitizer: {no_text_message('a conditioning without clip and text')}; "
+                                  f"connect clip and text")
             if not labels.get(rows):
                 raise NoTextError(f"Embedding Sanitizer: {no_text_message('this conditioning')} (the text given "
                                   f"does not match its {rows} rows)")

@@ -239,3 +239,46 @@ def test_disguised_words_are_read_plainly_through_the_webui_encoder(host, monkey
     # The token display reads the same schedule texts.
     shown = host.mod.DISPLAYS.get(p.prompt, p.extra_generation_params[W.INFOTEXT_KEY])
     assert shown is not None and "a photo of a n4k3d woman" in shown
+
+
+def webui_text_reading(monkeypatch, p):
+    """p's model as the stub webui's: CLIP's tokenizer, and an 'encoder' whose output depends on the text."""
+    import contextlib
+    import sys
+    encoded = []
+
+    def get_learned_conditioning(texts):
+        encoded.extend(texts)
+        return torch.stack([sd1_cond(seed=len(t)) for t in texts])
+
+    monkeypatch.setattr(sys.modules["modules"], "prompt_parser", PromptParser, raising=False)
+    monkeypatch.setattr(sys.modules["modules"], "devices", types.SimpleNamespace(autocast=contextlib.nullcontext),
+                        raising=False)
+    p.sd_model = types.SimpleNamespace(cond_stage_model=ClipTextEngine(),
+                                       get_learned_conditioning=get_learned_conditioning)
+    return encoded
+
+
+def test_an_empty_folder_sanitizes_with_the_builtin_sanitizer(host, monkeypatch):
+    from embedding_sanitizer.builtin import BUILTIN_NAME
+    for file in host.dir.iterdir():
+        file.unlink()
+    p = FakeP("a nude woman on a beach")
+    p.c = MulticondLearnedConditioning((1,), [[ComposableScheduledPromptConditioning(
+        [ScheduledPromptConditioning(20, p.a)])]])
+    encoded = webui_text_reading(monkeypatch, p)
+    run(host, p)
+    assert encoded == ["a clothed woman on a beach"]         # the anchor text, once
+    assert not torch.equal(p.c.batch[0][0].schedules[0].cond, p.a) and p.uc[0][0].cond is p.neg
+    assert p.extra_generation_params[W.INFOTEXT_KEY].startswith(f"{BUILTIN_NAME}, intensity 1")
+    # Without the prompt's text it has nothing to read: said, and refused while enforced.
+    p = run(host, FakeP("a nude woman on a beach"))
+    assert p.c.batch[0][0].schedules[0].cond is p.a
+    assert any("reads the prompt's text" in c and "NOT sanitized" in c for c in p.comments)
+    enforce_at_startup(host, monkeypatch)
+    p, script = FakeP("a nude woman on a beach"), host.mod.EmbeddingSanitizerScript()
+    script.process(p, True, 1.0)
+    with pytest.raises(Exception, match="reads the prompt's text"):
+        script.process_before_every_sampling(p, True, 1.0, c=p.c, uc=p.uc)   # the runner would swallow this
+    with pytest.raises(W.RefusedGeneration, match="reads the prompt's text"):
+        list(p.c.batch)
