@@ -108,7 +108,8 @@ class EmbeddingSanitizerApply:
         return {
             "required": {
                 "conditioning": ("CONDITIONING", {"tooltip": "The conditioning to sanitize (e.g. from CLIP Text Encode)."}),
-                "sanitizer": ("SANITIZER", {"tooltip": "From Load Embedding Sanitizer; must match the text encoder."}),
+                "sanitizer": ("SANITIZER", {"tooltip": "From Load Embedding Sanitizer: a trained one must match the text "
+                                                       "encoder; the built-in one fits any, with clip and text."}),
                 "intensity": INTENSITY,
                 "threshold": THRESHOLD,
             },
@@ -148,7 +149,8 @@ class EmbeddingSanitizerCLIPTextEncode:
             # The default is what a new node's prompt box holds; the node library's preview shows it.
             "text": ("STRING", {"multiline": True, "dynamicPrompts": True, "default": "",
                                 "tooltip": "The prompt to encode."}),
-            "sanitizer": ("SANITIZER", {"tooltip": "From Load Embedding Sanitizer; must match this CLIP."}),
+            "sanitizer": ("SANITIZER", {"tooltip": "From Load Embedding Sanitizer: a trained one must match this CLIP; "
+                                                   "the built-in one fits any."}),
             "intensity": INTENSITY,
         }}
 
