@@ -12,11 +12,14 @@ the flagged words:
 2. Anchor text: each span is replaced by the first anchor of its strongest concept
    (lexicon: "nude" -> "clothed", "gore" -> "peaceful"), and the host encodes that text once
    more. A prompt with no flagged span is never encoded again and comes back bit-identical.
-3. Move: every row of the host's embedding moves toward the anchor encoding's row by its gate,
-   E' = E + g * (E_anchor - E). A span's rows take the span's gate, every other valid row the
-   trained network's spread share of the largest one (model.EmbeddingSanitizer.spread_gates:
-   in a contextual encoder they carry the concept too). The pooled vector moves by the largest
-   gate. Rows are aligned through the spans (align_rows) where the anchor has another token count.
+3. Move: every valid row of the host's embedding moves toward the anchor encoding's row by the
+   prompt's largest span gate g, E' = E + g * (E_anchor - E), and so does the pooled vector. In
+   a contextual encoder the other rows carry the concept too; moving them by the trained
+   network's spread share (model.GATE_SPREAD) instead left more for the harness's probe to find
+   (benchmarks/builtin.py, I2P nudity: 25% still judged unsafe against 20%; char-substitution:
+   15% against 5%), and only flagged prompts move at all. Rows before the spans are the same in
+   both encodings of a causal encoder (CLIP), so there it changes the rows from the first span on.
+   Rows are aligned through the spans (align_rows) where the anchor has another token count.
 
 Intensity and threshold mean what they mean for a trained file: 0 returns the input bit for bit,
 1 moves a flagged token by its score, above 1 further, each gate capped at 1 (the anchor encoding
@@ -186,18 +189,15 @@ class BuiltinSanitizer(nn.Module):
         pairs = []
         for span, own, where in zip(spans, span_rows, placed):
             scores[:, own] = span.scores
-            gates[:, own] = span.gate
             pairs.append((own, encoder.span_positions(anchored, *where)))
-        valid = None if attention_mask is None else attention_mask.to("cpu", torch.bool).expand(batch, rows)
-        if valid is not None:
-            gates = gates.masked_fill(~valid, 0.0)
-        gates = EmbeddingSanitizer.spread_gates(gates, valid)
+        gates[:] = max(span.gate for span, own in zip(spans, span_rows) if own)
+        if attention_mask is not None:
+            gates = gates.masked_fill(~attention_mask.to("cpu", torch.bool).expand(batch, rows), 0.0)
         index = align_rows(rows, target.embedding.shape[1], pairs)
         moved = _toward(embedding, target.embedding[:, index], gates)
         new_pooled = None if pooled is None else pooled.clone()
         if pooled is not None and target.pooled is not None and target.pooled.shape[-1] == pooled.shape[-1]:
-            new_pooled = _toward(pooled.unsqueeze(1), target.pooled.unsqueeze(1),
-                                 gates.amax(dim=1, keepdim=True)).squeeze(1)
+            new_pooled = _toward(pooled.unsqueeze(1), target.pooled.unsqueeze(1), gates[:, :1]).squeeze(1)
         validation.require_finite("the sanitized embedding", moved, new_pooled)
         return SanitizeResult(moved, new_pooled, scores.to(embedding.device), gates.to(embedding.device),
                               self.concepts)
