@@ -132,7 +132,8 @@ def test_server_runs_our_nodes(server):
     scores = out["4"]["token_scores"][0]
     assert [t["token"] for t in scores["tokens"]] == PROMPT.split()
     assert scores["labelled"] is True and 0.0 <= scores["prompt_score"] <= 1.0
-    assert out["4"]["text"][0].startswith("prompt score")          # no "cond 0" jargon
+    which, first = out["4"]["text"][0].splitlines()[:2]
+    assert which.startswith("sanitizer: trained for") and first.startswith("prompt score")     # no "cond 0" jargon
     assert [t["token"] for t in out["5"]["token_scores"][0]["tokens"]] == PROMPT.split()
     plain, sanitized, encoded = out["6"], out["7"], out["8"]
     assert plain["shape"] == sanitized["shape"] == encoded["shape"] == [1, 77, 768]
