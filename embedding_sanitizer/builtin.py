@@ -22,7 +22,7 @@ the flagged words:
    Rows are aligned through the spans (align_rows) where the anchor has another token count.
 
 Intensity and threshold mean what they mean for a trained file: 0 returns the input bit for bit,
-1 moves a flagged token by its score, above 1 further, each gate capped at 1 (the anchor encoding
+1 gates a flagged word by its score, above 1 further, the gate capped at 1 (the anchor encoding
 itself). Plain PyTorch; the host's encoder is anything with `encode(prompts)` and
 `span_positions(text, start, end)` (encoders.TextEncoder).
 """
@@ -197,7 +197,7 @@ class BuiltinSanitizer(nn.Module):
         moved = _toward(embedding, target.embedding[:, index], gates)
         new_pooled = None if pooled is None else pooled.clone()
         if pooled is not None and target.pooled is not None and target.pooled.shape[-1] == pooled.shape[-1]:
-            new_pooled = _toward(pooled.unsqueeze(1), target.pooled.unsqueeze(1), gates[:, :1]).squeeze(1)
+            new_pooled = _toward(pooled.unsqueeze(1), target.pooled.unsqueeze(1), gates.amax(dim=1, keepdim=True)).squeeze(1)
         validation.require_finite("the sanitized embedding", moved, new_pooled)
         return SanitizeResult(moved, new_pooled, scores.to(embedding.device), gates.to(embedding.device),
                               self.concepts)
