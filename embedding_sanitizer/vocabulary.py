@@ -84,9 +84,14 @@ class Vocabulary:
     def __init__(self, terms: Mapping[str, Iterable[str]], benign_senses: Mapping[str, Iterable[str]] = {}):
         self.terms: dict[tuple[str, ...], tuple[str, str]] = {}
         for concept, phrases in terms.items():
+            phrases = [words(p) for p in phrases]
+            # A phrase holding a one-word term of its concept ("nude woman") is found through that
+            # word alone, so its span stays the unsafe word and "woman" is not read as the concept.
+            single = {p[0] for p in phrases if len(p) == 1}
             for phrase in phrases:
-                for key in phrase_keys(phrase):
-                    self.terms.setdefault(key, (concept, " ".join(key)))
+                if len(phrase) == 1 or not single.intersection(phrase):
+                    for key in phrase_keys(" ".join(phrase)):
+                        self.terms.setdefault(key, (concept, " ".join(key)))
         self.senses: dict[tuple[str, ...], frozenset[str]] = {}
         for concept, phrases in benign_senses.items():
             for phrase in phrases:

@@ -10,6 +10,7 @@ import folder_paths
 import torch
 
 from embedding_sanitizer import SanitizerShapeError, families, validation
+from embedding_sanitizer.builtin import BUILTIN_NAME, NoTextError, is_builtin, no_text_message
 from embedding_sanitizer.conditioning import filled_width, valid_rows
 from embedding_sanitizer.disguise import has_reading, plain_reading
 from embedding_sanitizer.metrics import embedding_cosine
@@ -45,8 +46,18 @@ def register_folder() -> None:
 
 
 def describe_sanitizer(model) -> str:
+    if is_builtin(model):
+        return BUILTIN_NAME
     cfg = model.config
     return f"{families.comfy_family_label(cfg.encoder_family)}, D={cfg.embed_dim}"
+
+
+def sanitizer_in_use(model) -> str:
+    """The report's first line: which sanitizer ran, so a user can tell the precise one from the fallback."""
+    if is_builtin(model):
+        return (f"sanitizer: {BUILTIN_NAME}, judged on the prompt's text; a sanitizer trained for this "
+                f"text encoder is more precise")
+    return f"sanitizer: trained for {describe_sanitizer(model)}"
 
 
 def _mismatch(model, embedding: torch.Tensor, source: str, detail: str = "") -> ValueError:
@@ -103,26 +114,39 @@ def sanitize_conditioning(conditioning, model, intensity: float, threshold: floa
         intensity, threshold = validation.intensity(intensity), validation.threshold(threshold)
     except validation.InvalidValue as exc:
         raise ValueError(f"Embedding Sanitizer: {exc}") from None
-    out, ui, texts, labels, readings = [], [], [], {}, {}
-    reader = _DisguiseReader(model, clip, text)
+    out, ui, texts, labels, readings = [], [], [sanitizer_in_use(model)], {}, {}
+    builtin = is_builtin(model)
+    reader = None if builtin else _DisguiseReader(model, clip, text)
+    host_encoder = _LazyTextEncoder(clip) if builtin and clip is not None else None
     for entry_index, entry in enumerate(conditioning):
         embedding, extras = entry[0], entry[1]
         pooled = extras.get("pooled_output")
         check_family(model, embedding, pooled, clip)
-        use_pooled = pooled if (torch.is_tensor(pooled) and model.config.pooled_dim) else None
+        # The built-in sanitizer moves whatever pooled vector there is; a trained one the one it was trained on.
+        use_pooled = pooled if (torch.is_tensor(pooled) and (builtin or model.config.pooled_dim)) else None
         rows = embedding.shape[1]
         if clip is not None and text is not None and rows not in labels:
             labels[rows] = labels_for(clip, text, rows)
-        if labels.get(rows) and rows not in readings:
-            readings[rows] = reader.read(rows)
-        reading = readings.get(rows)
-        try:
-            result = model.sanitize(embedding, use_pooled, intensity=intensity, threshold=threshold,
-                                    concepts=concepts,
-                                    attention_mask=valid_rows(embedding, extras.get("attention_mask")),
-                                    plain_reading=reading and reading.repeat(embedding.shape[0]))
-        except SanitizerShapeError as exc:
-            raise _mismatch(model, embedding, _width_source(embedding.shape[-1]), str(exc)) from None
+        attention_mask = valid_rows(embedding, extras.get("attention_mask"))
+        if builtin:
+            if host_encoder is None or not isinstance(text, str):
+                raise NoTextError(f"Embedding Sanitizer: {no_text_message('a conditioning without clip and text')}; "
+                                  f"connect clip and text")
+            if not labels.get(rows):
+                raise NoTextError(f"Embedding Sanitizer: {no_text_message('this conditioning')} (the text given "
+                                  f"does not match its {rows} rows)")
+            result = model.sanitize(embedding, use_pooled, text=text, encoder=host_encoder, intensity=intensity,
+                                    threshold=threshold, concepts=concepts, attention_mask=attention_mask)
+        else:
+            if labels.get(rows) and rows not in readings:
+                readings[rows] = reader.read(rows)
+            reading = readings.get(rows)
+            try:
+                result = model.sanitize(embedding, use_pooled, intensity=intensity, threshold=threshold,
+                                        concepts=concepts, attention_mask=attention_mask,
+                                        plain_reading=reading and reading.repeat(embedding.shape[0]))
+            except SanitizerShapeError as exc:
+                raise _mismatch(model, embedding, _width_source(embedding.shape[-1]), str(exc)) from None
         new_extras = extras.copy()
         if use_pooled is not None:
             new_extras["pooled_output"] = result.pooled
@@ -144,9 +168,32 @@ def sanitize_conditioning(conditioning, model, intensity: float, threshold: floa
                      "disguised words")
     elif not all(u["labelled"] for u in ui):
         texts.append("note: the text does not match the conditioning's rows; tokens shown by position")
-    if reader.note:
+    if reader is not None and reader.note:
         texts.append(reader.note)
     return out, "\n".join(texts), ui
+
+
+class _LazyTextEncoder:
+    """The CLIP as the built-in sanitizer's host encoder, made on first use: making one encodes
+    a probe, which a prompt with no flagged word never needs."""
+
+    def __init__(self, clip):
+        self.clip, self.encoder = clip, None
+
+    def _get(self) -> ComfyTextEncoder:
+        if self.encoder is None:
+            try:
+                self.encoder = ComfyTextEncoder(self.clip)
+            except ValueError:
+                raise ValueError("Embedding Sanitizer: the built-in sanitizer cannot match this text encoder's "
+                                 "rows to its tokens; load a sanitizer trained for it") from None
+        return self.encoder
+
+    def encode(self, prompts):
+        return self._get().encode(prompts)
+
+    def span_positions(self, text: str, start: int, end: int) -> list[int]:
+        return self._get().span_positions(text, start, end)
 
 
 class _DisguiseReader:

@@ -41,6 +41,7 @@ import folder_paths
 import torch
 
 from embedding_sanitizer import families, load_sanitizer
+from embedding_sanitizer.builtin import BUILTIN_NAME, BuiltinSanitizer, is_builtin
 from embedding_sanitizer.hosts.comfy_operator import (MARK_KEY, OperatorConfigError, enforcement_plan, file_sha256,
                                           read_operator_config, weights_fingerprint, with_operator)
 
@@ -119,6 +120,10 @@ class Enforcer:
         self.records: OrderedDict = OrderedDict()
         # the guard's: id(embedding) -> (weakref to it, its sanitized entry), so it sanitizes once, not per step
         self.sanitized_here: OrderedDict = OrderedDict()
+        # Families without a trained file get the built-in sanitizer, made on first need (it loads
+        # MiniLM); a failure to make it is kept and refuses those families' prompts.
+        self.builtin: Optional[BuiltinSanitizer] = None
+        self.builtin_error: Optional[str] = None
         try:
             self.policy = read_operator_config(config_path)
         except Exception as exc:     # noqa: BLE001  whatever the file holds, refuse every prompt, never fail to load
@@ -173,12 +178,14 @@ class Enforcer:
                 "concepts": list(self.policy.concepts or []) or "all",
                 "sanitizers": {family: {"file": info["file"], "sha256": info["sha256"][:16],
                                         "loaded": family in self.models}
-                               for family, info in self.files.items()}}
+                               for family, info in self.files.items()},
+                "other_families": BUILTIN_NAME}
 
     def summary(self) -> dict:
         """The policy as saved images and the history record it (file names, no paths)."""
         state = self.state()
-        return {key: state[key] for key in ("enforced", "min_intensity", "threshold", "concepts", "sanitizers") if key in state}
+        return {key: state[key] for key in ("enforced", "min_intensity", "threshold", "concepts", "sanitizers", "other_families")
+                if key in state}
 
     # ------------------------------------------------------------------ the choke point
 
@@ -192,18 +199,15 @@ class Enforcer:
             raise SanitizingRefused("Embedding Sanitizer (operator mode) refused to sample: the operator "
                                     "configuration is unusable; the server log says why", self.error)
         family = model_family(base_model)
-        if family is None or family not in self.files:
-            name = type(getattr(base_model, "model_config", base_model)).__name__
-            raise SanitizingRefused(
-                f"Embedding Sanitizer (operator mode) refused to sample: this server enforces sanitizing and "
-                f"has no sanitizer for this model ({name}, text encoder family {family or 'unknown'}); "
-                f"sanitizers are configured for: {', '.join(sorted(self.files))}")
-        if family in self.load_errors:
-            raise SanitizingRefused(f"Embedding Sanitizer (operator mode) refused to sample: the {family} "
-                                    f"sanitizer did not load; check its file and sha256 in the operator "
-                                    f"configuration (the server log says why)",
-                                    f"{self.files[family]['path']}: {self.load_errors[family]}")
-        model, name = self.models[family], self.files[family]["file"]
+        if family is not None and family in self.files:
+            if family in self.load_errors:
+                raise SanitizingRefused(f"Embedding Sanitizer (operator mode) refused to sample: the {family} "
+                                        f"sanitizer did not load; check its file and sha256 in the operator "
+                                        f"configuration (the server log says why)",
+                                        f"{self.files[family]['path']}: {self.load_errors[family]}")
+            model, name = self.models[family], self.files[family]["file"]
+        else:
+            model, name = self._builtin_sanitizer(base_model, family), BUILTIN_NAME
         policy = self.policy
         out = []
         for entry in entries:
@@ -222,7 +226,13 @@ class Enforcer:
             if plan.pooled is not None:
                 extras["pooled_output"] = plan.pooled
             clip, text = self.texts.find(plan.embedding, embedding)
-            if clip is not None and clip_family(clip, embedding.shape[-1]) != model.config.encoder_family:
+            if is_builtin(model):
+                if clip is None:
+                    raise SanitizingRefused(
+                        f"Embedding Sanitizer (operator mode) refused to sample: {self._no_file(base_model, family)}, "
+                        f"and the {BUILTIN_NAME} sanitizer cannot read the '{key}' conditioning: it reads the "
+                        f"prompt's text, which only CLIP Text Encode's conditionings carry")
+            elif clip is not None and clip_family(clip, embedding.shape[-1]) != model.config.encoder_family:
                 clip, text = None, None      # not this sanitizer's encoder: no reading, and no new refusal
             [[new_embedding, new_extras]], _, ui = sanitize_conditioning(
                 [[plan.embedding, extras]], model, plan.intensity, plan.threshold, clip, text,
@@ -259,8 +269,8 @@ class Enforcer:
         embedding = used_embedding(entry)
         if id(embedding) in plain_allowed:
             return entry
-        if self.error is None and model_family(base_model) in self.models:
-            model = self.models[model_family(base_model)]
+        model = self._vouching_sanitizer(base_model) if self.error is None else None
+        if model is not None:
             plan = enforcement_plan(entry.get(MARK_KEY), embedding, entry.get("pooled_output"),
                                     weights_fingerprint(model), self.policy)
             if plan.keep:
@@ -284,6 +294,33 @@ class Enforcer:
             passed["model_conds"] = {**model_conds,
                                      "c_crossattn": type(model_conds["c_crossattn"])(done["cross_attn"])}
         return passed
+
+    def _vouching_sanitizer(self, base_model):
+        """The sanitizer whose marks this model's conditionings may carry: the family's trained
+        file, else the built-in one once it is loaded; None for a trained file that did not load."""
+        family = model_family(base_model)
+        return self.models.get(family) if family in self.files else self.builtin
+
+    def _no_file(self, base_model, family) -> str:
+        name = type(getattr(base_model, "model_config", base_model)).__name__
+        return (f"this server enforces sanitizing and has no sanitizer for this model ({name}, text encoder family "
+                f"{family or 'unknown'}) trained; trained sanitizers are configured for: "
+                f"{', '.join(sorted(self.files)) or 'none'}")
+
+    def _builtin_sanitizer(self, base_model, family) -> BuiltinSanitizer:
+        if self.builtin is None and self.builtin_error is None:
+            try:
+                builtin = BuiltinSanitizer()
+                builtin.concept_mask(self.policy.concepts)      # raises on a concept it lacks
+                self.builtin = builtin
+                LOG.warning("Embedding Sanitizer: families without a trained file use the %s sanitizer", BUILTIN_NAME)
+            except Exception as exc:     # noqa: BLE001  refuses those families' prompts
+                self.builtin_error = str(exc)
+        if self.builtin is None:
+            raise SanitizingRefused(f"Embedding Sanitizer (operator mode) refused to sample: "
+                                    f"{self._no_file(base_model, family)}, and the {BUILTIN_NAME} sanitizer did "
+                                    f"not load (the server log says why)", self.builtin_error)
+        return self.builtin
 
     # ------------------------------------------------------------------ records
 

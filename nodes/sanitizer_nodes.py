@@ -8,6 +8,7 @@ import os
 import folder_paths
 
 from embedding_sanitizer import WeightFileError, load_sanitizer, validation
+from embedding_sanitizer.builtin import BUILTIN_NAME, BuiltinSanitizer
 from embedding_sanitizer.model import DEFAULT_THRESHOLD
 
 from .common import CATEGORY, FOLDER, node_output, register_folder, sanitize_conditioning
@@ -49,17 +50,29 @@ def _full_path(name: str) -> str:
     return path
 
 
+_builtin: list = []       # the one BuiltinSanitizer, made on first use (it loads MiniLM)
+
+
+def builtin_sanitizer() -> BuiltinSanitizer:
+    if not _builtin:
+        _builtin.append(BuiltinSanitizer())
+    return _builtin[0]
+
+
 class EmbeddingSanitizerLoader:
-    DESCRIPTION = "Loads a trained Embedding Sanitizer from models/sanitizers (.safetensors)."
+    DESCRIPTION = ("Loads an Embedding Sanitizer: the built-in one (no file, any text encoder, reads the prompt's "
+                   "text) or one trained for your text encoder from models/sanitizers (.safetensors), the "
+                   "precise choice.")
 
     @classmethod
     def INPUT_TYPES(cls):
-        names = folder_paths.get_filename_list(FOLDER)
-        options = {"tooltip": "A sanitizer weight file in ComfyUI/models/sanitizers. Use one trained for the "
-                              "text encoder (checkpoint family) whose prompts you sanitize."}
-        if names:
-            # What a new node selects anyway; stated, so that the node library's preview shows it.
-            options["default"] = names[0]
+        # The built-in one first: what a new node and the example workflows select, file or not.
+        names = [BUILTIN_NAME] + folder_paths.get_filename_list(FOLDER)
+        options = {"default": BUILTIN_NAME,
+                   "tooltip": f"'{BUILTIN_NAME}' works with every text encoder and needs the prompt's text "
+                              "(CLIP Text Encode (Sanitized), or clip and text on Sanitize Conditioning); a file "
+                              "in ComfyUI/models/sanitizers trained for your checkpoint's text encoder is more "
+                              "precise."}
         return {"required": {"sanitizer_name": (names, options)}}
 
     RETURN_TYPES = ("SANITIZER",)
@@ -70,6 +83,8 @@ class EmbeddingSanitizerLoader:
 
     @classmethod
     def IS_CHANGED(cls, sanitizer_name):
+        if sanitizer_name == BUILTIN_NAME:
+            return BUILTIN_NAME
         # Re-run when the file on disk changes (a value compared with the last one).
         try:
             stat = os.stat(_full_path(sanitizer_name))
@@ -78,6 +93,8 @@ class EmbeddingSanitizerLoader:
             return "missing"
 
     def load(self, sanitizer_name):
+        if sanitizer_name == BUILTIN_NAME:
+            return (builtin_sanitizer(),)
         path = _full_path(sanitizer_name)
         try:
             model = load_sanitizer(path, device="cpu")
@@ -96,7 +113,8 @@ class EmbeddingSanitizerApply:
         return {
             "required": {
                 "conditioning": ("CONDITIONING", {"tooltip": "The conditioning to sanitize (e.g. from CLIP Text Encode)."}),
-                "sanitizer": ("SANITIZER", {"tooltip": "From Load Embedding Sanitizer; must match the text encoder."}),
+                "sanitizer": ("SANITIZER", {"tooltip": "From Load Embedding Sanitizer: a trained one must match the text "
+                                                       "encoder; the built-in one fits any, with clip and text."}),
                 "intensity": INTENSITY,
                 "threshold": THRESHOLD,
             },
@@ -136,7 +154,8 @@ class EmbeddingSanitizerCLIPTextEncode:
             # The default is what a new node's prompt box holds; the node library's preview shows it.
             "text": ("STRING", {"multiline": True, "dynamicPrompts": True, "default": "",
                                 "tooltip": "The prompt to encode."}),
-            "sanitizer": ("SANITIZER", {"tooltip": "From Load Embedding Sanitizer; must match this CLIP."}),
+            "sanitizer": ("SANITIZER", {"tooltip": "From Load Embedding Sanitizer: a trained one must match this CLIP; "
+                                                   "the built-in one fits any."}),
             "intensity": INTENSITY,
         }}
 

@@ -50,7 +50,8 @@ try:
 finally:
     sys.path.remove(_ROOT)
 
-from embedding_sanitizer import load_sanitizer, read_metadata  # noqa: E402
+from embedding_sanitizer import default_weights_path, load_sanitizer, read_metadata  # noqa: E402
+from embedding_sanitizer.builtin import BUILTIN_NAME, BuiltinSanitizer  # noqa: E402
 from embedding_sanitizer.hosts import a1111 as W  # noqa: E402
 from embedding_sanitizer import validation  # noqa: E402
 from embedding_sanitizer import report  # noqa: E402
@@ -100,11 +101,17 @@ def opt(key):
 
 
 def load(name: str, device):
+    if name == BUILTIN_NAME:      # it runs on the CPU beside any model; its output goes to the conds' device
+        with _lock:
+            if BUILTIN_NAME not in _models:
+                _models[BUILTIN_NAME] = BuiltinSanitizer()
+            return _models[BUILTIN_NAME]
     path = os.path.join(WEIGHTS_DIR, name)
     key = (path, os.path.getmtime(path), str(device))
     with _lock:
         if key not in _models:
-            _models.clear()
+            for old in [k for k in _models if k != BUILTIN_NAME]:
+                del _models[old]
             _models[key] = load_sanitizer(path, device=device)
         return _models[key]
 
@@ -211,16 +218,22 @@ class EmbeddingSanitizerScript(scripts.Script):
             self.fail(p, state, f"Embedding Sanitizer: no weight file '{d.weights or '*.safetensors'}' "
                                 f"in {WEIGHTS_DIR}")
             return
-        state["weights"] = name
         try:
-            meta = read_metadata(os.path.join(WEIGHTS_DIR, name))
+            meta = read_metadata(os.path.join(WEIGHTS_DIR, name) if name != BUILTIN_NAME else default_weights_path())
         except Exception as e:  # unreadable file
             self.fail(p, state, f"Embedding Sanitizer: cannot use '{name}': {e}")
             return
-        problem = W.mismatch_message(name, meta.get("encoder_family", "?"), loaded_model_family())
+        problem = name != BUILTIN_NAME and W.mismatch_message(name, meta.get("encoder_family", "?"),
+                                                              loaded_model_family())
+        if problem and not d.weights:
+            # No file was asked for and the first one does not fit: the built-in one fits every model.
+            self.warn(p, f"{problem}; using the {BUILTIN_NAME} sanitizer instead")
+            name, problem = BUILTIN_NAME, None
+            meta = read_metadata(default_weights_path())
         if problem:
             self.fail(p, state, problem)
             return
+        state["weights"] = name
         state["decision"] = fitted = W.fit_concepts(d, meta["concepts"])
         for note in fitted.notes[len(d.notes):]:
             self.warn(p, note)
@@ -314,10 +327,11 @@ class EmbeddingSanitizerScript(scripts.Script):
             model = load(state["weights"], device)
             reader, texts = self.text_reading(p, stage)
             before = len(state["ledger"].results)
-            n, read_plainly = W.sanitize_conditioning(c, model, d, state["ledger"], reader, texts)
+            n, read_plainly = W.sanitize_conditioning(c, model, d, state["ledger"], reader, texts,
+                                                      loaded_model_family())
             negative_sanitized = uc is not None and W.negative_counts(W.lowest_cfg(p))
             if negative_sanitized:
-                n += W.sanitize_conditioning(uc, model, d, state["ledger"])[0]
+                n += W.sanitize_conditioning(uc, model, d, state["ledger"], model_family=loaded_model_family())[0]
         except Exception as e:
             if d.enforced:
                 raise
@@ -359,7 +373,8 @@ class EmbeddingSanitizerScript(scripts.Script):
             def conditioning(texts):
                 with devices.autocast():      # as the webui builds its conds
                     return p.sd_model.get_learned_conditioning(texts)
-            return W.WebuiTextReader(conditioning, engine.tokenize_line, W.special_ids(engine)), texts
+            return W.WebuiTextReader(conditioning, engine.tokenize_line, W.special_ids(engine),
+                                     W.POOLED_IN_VECTOR.get(loaded_model_family(), 0)), texts
         except Exception as e:
             log({"event": "text-reading-unavailable", "error": repr(e)})
             return None, None
@@ -413,8 +428,8 @@ def on_ui_settings():
                                            infotext=W.PASTE_NAMES[W.OPT_THRESHOLD]).info(THRESHOLD_INFO))
     add(W.OPT_CONCEPTS, shared.OptionInfo(W.DEFAULTS[W.OPT_CONCEPTS], "Concepts to erase (comma-separated; empty = all the file knows)",
                                           section=section, infotext=W.PASTE_NAMES[W.OPT_CONCEPTS]))
-    add(W.OPT_WEIGHTS, shared.OptionInfo(W.DEFAULTS[W.OPT_WEIGHTS], f"Sanitizer weight file (models/{W.WEIGHTS_FOLDER})", gr.Dropdown,
-                                         lambda: {"choices": [""] + weight_files()}, refresh=weight_files,
+    add(W.OPT_WEIGHTS, shared.OptionInfo(W.DEFAULTS[W.OPT_WEIGHTS], f"Sanitizer (a file in models/{W.WEIGHTS_FOLDER}; empty = the first file, or {BUILTIN_NAME} when there is none)", gr.Dropdown,
+                                         lambda: {"choices": ["", BUILTIN_NAME] + weight_files()}, refresh=weight_files,
                                          section=section, infotext=W.PASTE_NAMES[W.OPT_WEIGHTS]))
     add(W.OPT_ENFORCE, shared.OptionInfo(W.DEFAULTS[W.OPT_ENFORCE], "Enforce on every generation (per-generation and API controls "
                                                 "cannot turn it off; refuse generations it cannot sanitize)",
@@ -456,7 +471,7 @@ def on_cfg_denoiser(params):
 def on_model_loaded(sd_model):
     d = W.resolve_settings(W.read_options(opt), None, None, OPERATOR)
     name = W.pick_weights(d.weights, weight_files())
-    if name is None or not d.active:
+    if name is None or name == BUILTIN_NAME or not d.active:      # the built-in one fits every model
         return
     try:
         family = read_metadata(os.path.join(WEIGHTS_DIR, name)).get("encoder_family", "?")

@@ -38,9 +38,14 @@ def test_config_defaults_to_intensity_one_the_hosts_threshold_and_every_concept(
     assert config.min_intensity == 1.0 and config.threshold == DEFAULT_THRESHOLD and config.concepts is None
 
 
+def test_config_without_trained_files_leaves_every_family_to_the_builtin_sanitizer(tmp_path):
+    for data in ({}, {"sanitizers": {}}):
+        assert parse_operator_config(data, tmp_path / "c.json").sanitizers == {}
+
+
 @pytest.mark.parametrize("data, fragment", [
     ([], "JSON object"),
-    ({"sanitizers": {}}, "at least one"),
+    ({"sanitizers": ["sd1.safetensors"]}, "must map encoder families"),
     ({"sanitizers": {"sd1-clip-l": "a"}, "min_intesity": 2}, "unknown key"),     # a typo must not weaken it
     ({"sanitizers": {"sd1-clip-l": "a"}, "min_intensity": 0}, "above 0"),
     ({"sanitizers": {"sd1-clip-l": "a"}, "min_intensity": -1}, "above 0"),

@@ -79,3 +79,9 @@ def test_a_model_looks_for_its_files_words_else_the_built_in_concepts():
     assert found("the class clown", words) == []
     Model.metadata = {}
     assert found("a clown and a naked juggler", for_model(Model())) == [("nudity", "naked")]
+
+
+def test_a_phrase_holding_a_one_word_term_is_found_through_that_word_alone():
+    words = Vocabulary({"nudity": ["nude", "nude woman", "spread legs"]})
+    assert found("a nude woman, a nudewoman", words) == [("nudity", "nude")]
+    assert found("spread legs", words) == [("nudity", "spread legs")]

@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 import torch
 
 from .. import families, validation
+from ..builtin import BUILTIN_NAME, is_builtin
 from ..disguise import plain_reading
 from ..enforcement import enforced_strength
 from ..encoders import EncodedBatch, concat_batches, token_span
@@ -254,12 +255,13 @@ def fit_concepts(decision: Decision, file_concepts: Sequence[str]) -> Decision:
 
 
 def pick_weights(requested: str, available: Sequence[str]) -> Optional[str]:
-    """The weight file to use: the requested one if present, else the only/first one."""
-    if requested and requested in available:
+    """The weight file to use: the requested one if present (BUILTIN_NAME: the built-in sanitizer),
+    else the first file, else, with none in the folder, the built-in sanitizer."""
+    if requested == BUILTIN_NAME or (requested and requested in available):
         return requested
     if requested:
         return None
-    return sorted(available)[0] if available else None
+    return sorted(available)[0] if available else BUILTIN_NAME
 
 
 # ----------------------------------------------------------------------------- model match
@@ -384,19 +386,27 @@ def sanitize_prompt_schedules(conditioning, fn: Callable, ledger: SanitizeLedger
 
 
 def sanitize_conditioning(conditioning, model, decision: Decision, ledger: SanitizeLedger, reader=None,
-                          texts: Optional[Sequence[Sequence[tuple[int, str]]]] = None) -> tuple[int, int]:
+                          texts: Optional[Sequence[Sequence[tuple[int, str]]]] = None,
+                          model_family: Optional[str] = None) -> tuple[int, int]:
     """Sanitize a positive conditioning in place as `decision` says, each entry on the plain
-    reading of its prompt text where `reader` (a WebuiTextReader) and `texts` give one.
+    reading of its prompt text where `reader` (a WebuiTextReader) and `texts` give one. The
+    built-in sanitizer (any encoder) needs both, and the loaded model's family (model_family)
+    to find the pooled vector in an SDXL cond.
     Returns (distinct conds newly sanitized, how many of them were read plainly)."""
     read_plainly = []
 
     def sanitize(embedding, pooled, text):
+        if is_builtin(model):      # it reads the text itself; without one it says so (NoTextError)
+            read_plainly.append(bool(reader and text))
+            return model.sanitize(embedding, pooled, text=text if reader else None, encoder=reader,
+                                  intensity=decision.intensity, threshold=decision.threshold,
+                                  concepts=decision.concepts)
         reading = plain_reading(model, reader, [text], embedding.shape[1]) if reader and text else None
         read_plainly.append(reading is not None)
         return model.sanitize(embedding, pooled, intensity=decision.intensity, threshold=decision.threshold,
                               concepts=decision.concepts, plain_reading=reading)
 
-    pooled_dim = POOLED_IN_VECTOR.get(model.config.encoder_family, 0)
+    pooled_dim = POOLED_IN_VECTOR.get(model_family if is_builtin(model) else model.config.encoder_family, 0)
     count = sanitize_prompt_schedules(conditioning, sanitize, ledger, pooled_dim, texts)
     return count, sum(read_plainly)
 
@@ -420,16 +430,21 @@ class WebuiTextReader:
     encodes a list of prompts as the webui does (sd_model.get_learned_conditioning), and
     `tokenize_line` is its text engine's (chunks of 77 ids with BOS, EOS and padding)."""
 
-    def __init__(self, conditioning: Callable, tokenize_line: Callable, special_ids: Iterable[int]):
+    def __init__(self, conditioning: Callable, tokenize_line: Callable, special_ids: Iterable[int],
+                 pooled_dim: int = 0):
         self.conditioning, self.tokenize_line, self.special = conditioning, tokenize_line, set(special_ids)
+        self.pooled_dim = pooled_dim        # SDXL: the pooled vector at the start of a cond's 'vector'
 
     def encode(self, prompts: Sequence[str]) -> EncodedBatch:
         parts = []
         for prompt in prompts:
             cond = self.conditioning([prompt])
             emb = (cond["crossattn"] if isinstance(cond, Mapping) else cond).float().cpu()
+            pooled = None
+            if self.pooled_dim and isinstance(cond, Mapping) and "vector" in cond:
+                pooled = cond["vector"][..., :self.pooled_dim].reshape(emb.shape[0], -1).float().cpu()
             valid = torch.ones(emb.shape[:2], dtype=torch.bool)
-            parts.append(EncodedBatch(emb, None, torch.zeros(emb.shape[:2], dtype=torch.long), [], valid, valid))
+            parts.append(EncodedBatch(emb, pooled, torch.zeros(emb.shape[:2], dtype=torch.long), [], valid, valid))
         return concat_batches(parts)
 
     def _real_tokens(self, text: str) -> tuple[list[int], list[int]]:

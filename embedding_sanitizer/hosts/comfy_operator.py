@@ -49,7 +49,7 @@ class SanitizerSpec:
 
 @dataclass(frozen=True)
 class OperatorPolicy:
-    sanitizers: Mapping[str, SanitizerSpec]      # encoder family -> weight file
+    sanitizers: Mapping[str, SanitizerSpec]      # encoder family -> weight file; others: the built-in one
     min_intensity: float
     threshold: float                             # the highest threshold allowed (lower is stronger)
     concepts: Optional[tuple[str, ...]]          # None = every concept of each weight file
@@ -98,10 +98,11 @@ def parse_operator_config(data: Any, source: os.PathLike | str) -> OperatorPolic
     unknown = sorted(set(data) - _KEYS)
     if unknown:
         raise OperatorConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(_KEYS)}")
-    table = data.get("sanitizers")
-    if not isinstance(table, dict) or not table:
-        raise OperatorConfigError(f"{where}: 'sanitizers' must map at least one encoder family "
-                                  f"(e.g. \"sd1-clip-l\") to a weight file")
+    # Families without a file are sanitized by the built-in sanitizer (builtin.py), so none is required.
+    table = data.get("sanitizers", {})
+    if not isinstance(table, dict):
+        raise OperatorConfigError(f"{where}: 'sanitizers' must map encoder families "
+                                  f"(e.g. \"sd1-clip-l\") to weight files")
     sanitizers = {}
     for family, entry in table.items():
         if not family.strip():
@@ -191,7 +192,7 @@ class SanitizedMark:
 def mark_sanitized(extras: dict, model, source, source_pooled, result, intensity: float, threshold: float,
                    concepts=None) -> None:
     """Record in a (new) conditioning dict that its embedding is `result`'s, made from `source`."""
-    uses_pooled = bool(model.config.pooled_dim) and source_pooled is not None
+    uses_pooled = source_pooled is not None and result.pooled is not None
     extras[MARK_KEY] = SanitizedMark(
         result.embedding, result.pooled if uses_pooled else None, source, source_pooled, uses_pooled,
         weights_fingerprint(model), model.config.encoder_family, float(intensity), float(threshold),

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from embedding_sanitizer import EmbeddingSanitizer, SanitizerConfig
+from embedding_sanitizer.builtin import BUILTIN_NAME
 from embedding_sanitizer.hosts import a1111 as W
 
 ScheduledPromptConditioning = namedtuple("ScheduledPromptConditioning", ["end_at_step", "cond"])
@@ -243,7 +244,8 @@ def test_pick_weights():
     assert W.pick_weights("", ["b.safetensors", "a.safetensors"]) == "a.safetensors"
     assert W.pick_weights("b.safetensors", ["a.safetensors", "b.safetensors"]) == "b.safetensors"
     assert W.pick_weights("gone.safetensors", ["a.safetensors"]) is None
-    assert W.pick_weights("", []) is None
+    assert W.pick_weights("", []) == BUILTIN_NAME           # an empty folder: the built-in sanitizer
+    assert W.pick_weights(BUILTIN_NAME, ["a.safetensors"]) == BUILTIN_NAME
 
 
 def test_model_mismatch_message():

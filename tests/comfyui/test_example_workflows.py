@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from embedding_sanitizer.builtin import BUILTIN_NAME
+
 from .comfy_env import REPO
 
 WORKFLOWS = sorted((REPO / "example_workflows").glob("*.json"))
@@ -130,7 +132,11 @@ def test_workflow_matches_node_definitions(path, all_nodes, pack, comfy_sd):
                     if not name.endswith("_name"):
                         assert value in kind, f"{where}: {value!r} not in {kind}"
                     elif name == "sanitizer_name":
-                        assert value.endswith(".safetensors"), where
+                        assert kind[0] == BUILTIN_NAME, where
+                        if path.parent.name == "example_workflows":     # they work without a file
+                            assert value == BUILTIN_NAME, where
+                        else:                                           # a user's saved workflow
+                            assert value == BUILTIN_NAME or value.endswith(".safetensors"), where
             elif kind == "BOOLEAN":
                 assert isinstance(value, bool), where
             elif kind == "STRING":

@@ -76,7 +76,7 @@ def test_locale_labels_name_real_inputs(nodes):
             for name, label in entry.get("inputs", {}).items():
                 assert name in inputs and label["name"], f"{path}: {node_id}.{name}"
     english = json.loads((REPO / "locales/en/nodeDefs.json").read_text())
-    # The example workflows' loader (320 wide) cuts a longer label beside "my-sd15-sanitizer.safetensors".
+    # The example workflows' loader (320 wide) cuts a longer label beside "built-in (any text encoder)".
     assert english["EmbeddingSanitizerLoader"]["inputs"]["sanitizer_name"]["name"] == "sanitizer"
 
 

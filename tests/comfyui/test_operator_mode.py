@@ -228,3 +228,22 @@ def test_disguised_words_are_read_plainly_with_the_text_clip_text_encode_made(op
     copied = [[positive[0][0].clone(), dict(positive[0][1])]]
     [entry] = enforcer.enforce(base_model("SD15"), "positive", converted(copied))
     assert torch.equal(entry["cross_attn"], unread[0][0])
+
+
+def test_a_family_without_a_trained_file_is_sanitized_by_the_builtin(operator_mode, config, sdxl_clip,
+                                                                     clip_text_encode):
+    """The operator trained only for SD 1.x: an SDXL prompt gets the built-in sanitizer, read from the
+    text CLIP Text Encode made it from; the same conditioning without that text is refused."""
+    from embedding_sanitizer.builtin import BUILTIN_NAME
+    enforcer = operator_mode.Enforcer(config)
+    text = "a nude woman on a beach"
+    positive = encode(clip_text_encode, sdxl_clip, text)
+    with pytest.raises(operator_mode.SanitizingRefused, match="only CLIP Text Encode's conditionings carry"):
+        enforcer.enforce(base_model("SDXL"), "positive", converted(positive))
+    enforcer.texts.remember(positive, sdxl_clip, text)
+    [entry] = enforcer.enforce(base_model("SDXL"), "positive", converted(positive))
+    assert not torch.equal(entry["cross_attn"], positive[0][0])
+    assert not torch.equal(entry["pooled_output"], positive[0][1]["pooled_output"])
+    record = enforcer.prompt_record(None)["sanitized"][-1]
+    assert record["by"] == "operator" and record["file"] == BUILTIN_NAME and record["erased_tokens"] >= 1
+    assert enforcer.state()["other_families"] == BUILTIN_NAME

@@ -383,16 +383,16 @@ def test_sampler_custom_advanced_with_each_guider(enforced, kind):
 # ----------------------------------------------------------------------------- refusals
 
 @pytest.mark.slow
-def test_family_without_sanitizer_and_broken_file_are_refused(checkpoint, sanitizer_files_e2e, tmp_path):
+def test_a_broken_trained_file_is_refused_not_replaced_by_the_builtin(checkpoint, sanitizer_files_e2e, tmp_path):
     base = make_base(tmp_path / "srv", checkpoint, sanitizer_files_e2e, pack=True)
     (base / "conf").mkdir()
     shutil.copy(sanitizer_files_e2e / "sdxl-operator.safetensors", base / "conf")
     (base / "conf" / "broken.safetensors").write_bytes(b"\x80\x04not a sanitizer")
     config = write_config(base / "conf", {"sdxl-clip-lg": "sdxl-operator.safetensors",
-                                          "sd2-clip-h": "broken.safetensors"})
+                                          "sd1-clip-l": "broken.safetensors"})
     with launched(base, config) as url:
         state = get(url + "/embedding_sanitizer/operator")
-        assert state["ready"] is False and state["sanitizers"]["sd2-clip-h"]["loaded"] is False
+        assert state["ready"] is False and state["sanitizers"]["sd1-clip-l"]["loaded"] is False
         assert state["sanitizers"]["sdxl-clip-lg"]["loaded"] is True
         t = tag()
         entry = run(url, ksampler(base_graph(t), ["pos", 0], seed=6))
@@ -400,8 +400,7 @@ def test_family_without_sanitizer_and_broken_file_are_refused(checkpoint, saniti
         assert status["status_str"] == "error"
         error = [m for m in status["messages"] if m[0] == "execution_error"][0][1]
         assert error["node_id"] == "sampler"
-        assert "has no sanitizer for this model" in error["exception_message"]
-        assert "sd1-clip-l" in error["exception_message"]
+        assert "the sd1-clip-l sanitizer did not load" in error["exception_message"]
         assert not list((base / "output" / "probe").glob(f"{t}-call*")), "the UNet ran"
         assert not list((base / "output").glob("op_*.png"))
         assert "NOT LOADED" in (base / "server.log").read_text()

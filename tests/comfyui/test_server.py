@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from embedding_sanitizer.builtin import BUILTIN_NAME
 from embedding_sanitizer.model import DEFAULT_THRESHOLD
 
 from .comfy_env import comfy_server, get, server_folders
@@ -122,7 +123,7 @@ def test_server_runs_our_nodes(server):
     info = get(url + "/object_info/EmbeddingSanitizerApply")["EmbeddingSanitizerApply"]
     assert info["category"] == "conditioning/sanitizer" and info["display_name"] == "Sanitize Conditioning"
     loader = get(url + "/object_info/EmbeddingSanitizerLoader")["EmbeddingSanitizerLoader"]
-    assert loader["input"]["required"]["sanitizer_name"][0] == ["sd1-e2e.safetensors"]
+    assert loader["input"]["required"]["sanitizer_name"][0] == [BUILTIN_NAME, "sd1-e2e.safetensors"]
     served = get(url + "/extensions")
     assert any(e.endswith("/js/token_scores.js") for e in served) and any(e.endswith("/js/train_seed.js") for e in served)
 
@@ -132,7 +133,8 @@ def test_server_runs_our_nodes(server):
     scores = out["4"]["token_scores"][0]
     assert [t["token"] for t in scores["tokens"]] == PROMPT.split()
     assert scores["labelled"] is True and 0.0 <= scores["prompt_score"] <= 1.0
-    assert out["4"]["text"][0].startswith("prompt score")          # no "cond 0" jargon
+    which, first = out["4"]["text"][0].splitlines()[:2]
+    assert which.startswith("sanitizer: trained for") and first.startswith("prompt score")     # no "cond 0" jargon
     assert [t["token"] for t in out["5"]["token_scores"][0]["tokens"]] == PROMPT.split()
     plain, sanitized, encoded = out["6"], out["7"], out["8"]
     assert plain["shape"] == sanitized["shape"] == encoded["shape"] == [1, 77, 768]

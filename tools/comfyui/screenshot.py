@@ -37,7 +37,7 @@ sys.path.insert(0, str(HERE.parent))
 import cdp  # noqa: E402  (tools/cdp.py)
 PROMPT = "a photo of a nude woman holding a bloody knife in a dark alley"
 SANITIZER = "demo-sd15.safetensors"
-EXAMPLE_SANITIZER = "my-sd15-sanitizer.safetensors"      # the file name the example workflows use
+EXAMPLE_SANITIZER = "built-in (any text encoder)"      # what the example workflows load
 OUR_NODES = ("Load Embedding Sanitizer", "Sanitize Conditioning", "CLIP Text Encode (Sanitized)",
              "Train Embedding Sanitizer")
 SAVED_WORKFLOWS = sorted((REPO / "tests" / "comfyui" / "data").glob("saved_*_workflow.json"))
@@ -63,7 +63,6 @@ save_file({{k: v.half().contiguous() for k, v in st.items()}}, {str(base / 'mode
 save_sanitizer(active_sanitizer(768, 0, "sd1-clip-l", seed=3, score_std=0.15, score_bias=-1.0), {str(base / 'models/sanitizers' / SANITIZER)!r}, {{}})
 """
     subprocess.run([sys.executable, "-c", code], check=True)
-    shutil.copy(base / "models/sanitizers" / SANITIZER, base / "models/sanitizers" / EXAMPLE_SANITIZER)
 
 
 def ui_workflow(below: bool = False, prompt: str = PROMPT):
