@@ -217,7 +217,7 @@ class _DisguiseReader:
                 self.note = ("note: disguised words were not read plainly: this text encoder's rows cannot be "
                              "matched to its tokens")
                 return None
-            self.note = "note: the text was also read as words: disguised, misspelled and the concepts' terms"
+            self.note = "note: the text was also read plainly (disguised and misspelled words) and for the concepts' terms"
         return plain_reading(self.model, self.encoder, [self.text], rows)
 
 

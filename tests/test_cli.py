@@ -84,17 +84,18 @@ def test_measure_on_the_shared_prompt_sets():
     assert out.returncode == 0, out.stderr
     rows = {line.split("|")[1].strip(): line for line in out.stdout.splitlines() if line.startswith("| ")}
     assert {"training lexicon terms", "held-out lexicon terms", "adversarial: misspelling", "benign tag-style prompts",
-            "I2P nudity >= 50 vs COCO captions", "I2P nudity >= 50 vs non-sexual I2P (hard)"} <= set(rows)
+            "I2P nudity >= 50 vs COCO captions", "I2P nudity >= 50 vs non-sexual I2P (hard), nudity erased",
+            "held-out terms, explicit sentences", "held-out terms, explicit tags"} <= set(rows)
     # Sanitizer, zero-shot and supervised AUROC side by side on the real rows.
     sanitizer, zero_shot, supervised = rows["I2P nudity >= 50 vs COCO captions"].split("|")[4].split("/")
     assert all(0.5 < float(x) <= 1 for x in (sanitizer, zero_shot, supervised))
     assert "threshold 0.5" in out.stdout
     # What the gates actually do at that threshold: the share of unsafe prompts changed at all
-    # (57.5% of 200 held-out prompts with the embedded default; 20 prompts move it by 5 points each).
+    # (58.5% of 200 held-out prompts with the embedded default; 20 prompts move it by 5 points each).
     changed = {row: float(rows[row].split("|")[6].strip().rstrip("%"))
                for row in ("training lexicon terms", "held-out lexicon terms")}
     assert 35 <= changed["held-out lexicon terms"] <= 100
-    # Plain prompts naming a listed term (87.5% of 200 changed) are caught more often than unseen terms.
+    # Plain prompts naming a listed term (99.5% of 200 changed: read as words) are caught more often than unseen terms.
     assert changed["training lexicon terms"] >= max(75, changed["held-out lexicon terms"])
 
 

@@ -234,6 +234,8 @@ def test_disguised_words_are_scored_as_read_plainly(nodes, sd1_clip, clip_text_e
     """'n u d e' is scored as the sanitizer scores 'nude', on the rows of the letters as typed; the
     rest of the prompt keeps its own scores, and the erasure acts on the typed embedding."""
     sanitizer = active_sanitizer(768, 0, "sd1-clip-l", score_std=0.05)    # scores short of 0 and 1
+    # No vocabulary: this test is about disguises, and "nude" found as a word would score 1.
+    sanitizer.metadata = {"training": {"vocabulary": {c: {"terms": []} for c in sanitizer.concepts}}}
     typed, plain = "a photo of a n u d e woman", "a photo of a nude woman"
     cond = encode(clip_text_encode, sd1_clip, typed)
     snap = snapshot(cond)
