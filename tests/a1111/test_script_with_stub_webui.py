@@ -204,24 +204,13 @@ def test_settings_are_explained_and_filed_under_stable_diffusion(host):
 def test_disguised_words_are_read_plainly_through_the_webui_encoder(host, monkeypatch):
     """The positive prompt's disguised span is scored as the webui's encoder reads it plainly; the
     negative prompt and the rest of the rows keep the conds' own reading."""
-    import contextlib
-    import sys
     from embedding_sanitizer.disguise import plain_reading
 
-    engine = ClipTextEngine()
-    encoded = []
-
-    def get_learned_conditioning(texts):
-        encoded.extend(texts)
-        return torch.stack([sd1_cond(seed=len(t)) for t in texts])
-
-    monkeypatch.setattr(sys.modules["modules"], "prompt_parser", PromptParser, raising=False)
-    monkeypatch.setattr(sys.modules["modules"], "devices", types.SimpleNamespace(autocast=contextlib.nullcontext),
-                        raising=False)
     p = FakeP("a photo of a n4k3d woman")
     p.c = MulticondLearnedConditioning((1,), [[ComposableScheduledPromptConditioning(
         [ScheduledPromptConditioning(20, p.a)])]])
-    p.sd_model = types.SimpleNamespace(cond_stage_model=engine, get_learned_conditioning=get_learned_conditioning)
+    encoded = webui_text_reading(monkeypatch, p)
+    engine, get_learned_conditioning = p.sd_model.cond_stage_model, p.sd_model.get_learned_conditioning
     run(host, p)
     assert encoded == ["a photo of a naked woman"]          # the plain text, once; never the negative
     result = p._embedding_sanitizer["ledger"].results[0][1]
