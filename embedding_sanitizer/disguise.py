@@ -215,22 +215,17 @@ def _respelled_into_another_word(u: Optional[Undisguised], hit) -> bool:
     return False
 
 
-def found_terms(model, text: str, u: Optional[Undisguised] = None) -> list:
-    """The terms of the sanitizer's concepts in `text` read plainly (vocabulary.py), as spans of
-    the text as typed. `u` is undisguise(text), where already known."""
+def found_words(model, text: str, u: Optional[Undisguised] = None) -> tuple[list, list]:
+    """The terms and the benign senses of the sanitizer's concepts in `text` read plainly
+    (vocabulary.py), as spans of the text as typed: at most vocabulary.MAX_SPANS of each (and one
+    per concept more of terms), since each costs a tokenization. `u` is undisguise(text), where
+    already known."""
     words = vocabulary.for_model(model)
     if not words:
-        return []
-    hits = [h for h in words.find(u.plain if u is not None else text) if not _respelled_into_another_word(u, h)]
-    return [_as_typed(u, h) for h in vocabulary.merged_spans(hits)]
-
-
-def found_senses(model, text: str, u: Optional[Undisguised] = None) -> list:
-    """The benign senses of the sanitizer's concepts in `text` read plainly, as spans of the text
-    as typed (at most vocabulary.MAX_SPANS: each costs a tokenization)."""
-    words = vocabulary.for_model(model)
-    senses = words.benign_senses(u.plain if u is not None else text) if words else []
-    return [_as_typed(u, h) for h in senses[:vocabulary.MAX_SPANS]]
+        return [], []
+    terms, senses = words.read(u.plain if u is not None else text)
+    terms = vocabulary.merged_spans([h for h in terms if not _respelled_into_another_word(u, h)])
+    return [_as_typed(u, h) for h in terms], [_as_typed(u, h) for h in senses[:vocabulary.MAX_SPANS]]
 
 
 def _as_typed(u: Optional[Undisguised], hit):
@@ -240,7 +235,7 @@ def _as_typed(u: Optional[Undisguised], hit):
 def has_reading(model, text: str) -> bool:
     """Whether `plain_reading` would say anything of `text`: a disguise, a term or a benign sense in it."""
     u = undisguise(text)
-    return u is not None or bool(found_terms(model, text, u)) or bool(found_senses(model, text, u))
+    return u is not None or any(found_words(model, text, u))
 
 
 @torch.no_grad()
@@ -254,17 +249,16 @@ def plain_reading(model, encoder, texts: Sequence[str], rows: int) -> Optional[P
 
     `encoder` needs `encode(prompts)` and `span_positions(text, start, end)` (TextEncoder)."""
     undisguised = [undisguise(t) for t in texts]
-    terms = [found_terms(model, t, u) for t, u in zip(texts, undisguised)]
-    senses = [found_senses(model, t, u) for t, u in zip(texts, undisguised)]
+    terms, senses = zip(*(found_words(model, t, u) for t, u in zip(texts, undisguised)))
     if not any(u is not None or found or sense for u, found, sense in zip(undisguised, terms, senses)):
         return None
     reading = PlainReading(torch.zeros(len(texts), rows, dtype=torch.bool),
                            torch.zeros(len(texts), rows, dtype=torch.bool),
                            torch.zeros(len(texts), rows, len(model.concepts)),
                            torch.zeros(len(texts), rows, len(model.concepts), dtype=torch.bool))
-    found = [(i, u) for i, u in enumerate(undisguised) if u is not None]
-    if found:
-        _read_disguises(model, encoder, found, rows, reading)
+    disguised = [(i, u) for i, u in enumerate(undisguised) if u is not None]
+    if disguised:
+        _read_disguises(model, encoder, disguised, rows, reading)
     for i, hits in enumerate(terms):
         for hit in hits:
             typed_rows = [r for r in encoder.span_positions(texts[i], hit.start, hit.end) if r < rows]
@@ -273,8 +267,8 @@ def plain_reading(model, encoder, texts: Sequence[str], rows: int) -> Optional[P
             reading.scores[i, typed_rows, concept] = reading.scores[i, typed_rows, concept].clamp_min(
                 vocabulary.TERM_SCORE)
     # A benign sense ("nude lipstick") is harmless whatever the network reads into its words.
-    for i, found in enumerate(senses):
-        for sense in found:
+    for i, text_senses in enumerate(senses):
+        for sense in text_senses:
             typed_rows = [r for r in encoder.span_positions(texts[i], sense.start, sense.end) if r < rows]
             reading.harmless[i, typed_rows, model.concepts.index(sense.concept)] = True
     return reading if reading.rows.any() or reading.harmless.any() else None

@@ -102,46 +102,42 @@ class Vocabulary:
     def __bool__(self) -> bool:
         return bool(self.terms)
 
-    def find(self, text: str) -> list[Hit]:
-        """The terms in `text`, in order, with their character spans; none inside a benign sense
-        of the same concept. Linear in the text's length."""
+    def read(self, text: str) -> tuple[list[Hit], list[Hit]]:
+        """The terms in `text` and its benign senses, each in order with its character span; no
+        term inside a benign sense of its own concept. One pass, linear in the text's length."""
         found = [(m.group().lower(), m.start(), m.end()) for m in _WORD.finditer(text)]
         tokens = [w for w, _, _ in found]
-        hits = []
-        # reach[concept][i]: the furthest word end of that concept's senses that start at or before word i.
-        reach: dict[str, list[int]] = {}
+        terms, senses = [], []       # (first word, word after the last, concept, words)
         for i in range(len(tokens)):
             lengths = set()
             for n in range(1, min(self.longest, len(tokens) - i) + 1):
                 key = tuple(tokens[i:i + n])
                 if key in self.terms:
-                    hits.append((i, i + n, *self.terms[key]))
+                    terms.append((i, i + n, *self.terms[key]))
                     lengths.add(n)
-                for concept in self.senses.get(key, ()):
-                    ends = reach.setdefault(concept, [0] * len(tokens))
-                    ends[i] = max(ends[i], i + n)
+                senses += [(i, i + n, concept, " ".join(key)) for concept in sorted(self.senses.get(key, ()))]
             # A word split in two by one character: "nu de", "mas-sacre", "blow_job".
             if i + 1 < len(tokens) and found[i + 1][1] - found[i][2] <= 1:
                 joined = (tokens[i] + tokens[i + 1],)
                 if len(joined[0]) >= MIN_SPLIT and joined in self.terms and 2 not in lengths:
-                    hits.append((i, i + 2, *self.terms[joined]))
+                    terms.append((i, i + 2, *self.terms[joined]))
+        # reach[concept][i]: the furthest word end of that concept's senses that start at or before word i.
+        reach: dict[str, list[int]] = {}
+        for first, last, concept, _ in senses:
+            ends = reach.setdefault(concept, [0] * len(tokens))
+            ends[first] = max(ends[first], last)
         for ends in reach.values():
             for i in range(1, len(ends)):
                 ends[i] = max(ends[i], ends[i - 1])
-        return [Hit(concept, found[first][1], found[last - 1][2], term) for first, last, concept, term in hits
-                if concept not in reach or reach[concept][first] < last]
 
+        def hit(first, last, concept, term):
+            return Hit(concept, found[first][1], found[last - 1][2], term)
+        return ([hit(*t) for t in terms if t[2] not in reach or reach[t[2]][t[0]] < t[1]],
+                [hit(*sense) for sense in senses])
 
-    def benign_senses(self, text: str) -> list[Hit]:
-        """The benign senses in `text` (a sense's words, as `find` matches a term's)."""
-        found = [(m.group().lower(), m.start(), m.end()) for m in _WORD.finditer(text)]
-        tokens = [w for w, _, _ in found]
-        senses = []
-        for i in range(len(tokens)):
-            for n in range(1, min(self.longest, len(tokens) - i) + 1):
-                for concept in sorted(self.senses.get(tuple(tokens[i:i + n]), ())):
-                    senses.append(Hit(concept, found[i][1], found[i + n - 1][2], " ".join(tokens[i:i + n])))
-        return senses
+    def find(self, text: str) -> list[Hit]:
+        """The terms in `text` (`read`'s first list)."""
+        return self.read(text)[0]
 
 
 def merged_spans(hits: Sequence[Hit]) -> list[Hit]:
