@@ -309,7 +309,7 @@ class EmbeddingSanitizer(nn.Module):
         read = read.to(scores.device, scores.dtype).clamp(0.0, 1.0)
         rows, replace = (t.to(scores.device, torch.bool).unsqueeze(-1) for t in (rows, replace))
         scores = torch.where(replace, read, torch.where(rows, torch.maximum(scores, read), scores))
-        harmless = getattr(reading, "harmless", None)
+        harmless = reading.harmless
         if harmless is not None:
             if harmless.shape != scores.shape:
                 raise SanitizerShapeError(f"a plain reading's benign senses of shape {tuple(harmless.shape)} do not "
