@@ -72,17 +72,27 @@ def known_words() -> frozenset[str]:
     return frozenset(spelling_ranks()) | frozenset(_words("known_words.txt"))
 
 
-def respelled(word: str) -> Optional[str]:
+def respelled(word: str, term_words: frozenset[str] = frozenset()) -> Optional[str]:
     """The commonest listed word one edit away (a letter dropped, doubled, swapped, replaced or
-    added: "nakde", "nudde", "stret"), or None for a known word or one with no such neighbour."""
+    added: "nakde", "nudde", "stret"), or None for a known word or one with no such neighbour.
+
+    A word of a sanitizer's terms (`term_words`) comes first where the typing slip is a plain one:
+    a letter left out ("breats", "shoting"), doubled ("gorry") or swapped past the first letter
+    ("nued" is "nude", not the commoner "need"). The other edits turn real words into terms too
+    often ("drapes", "gorey", "ogre"), and so does a replaced letter, which never makes a term."""
     ranks, word = spelling_ranks(), word.lower()
     if word in known_words():
         return None
     splits = [(word[:i], word[i:]) for i in range(len(word) + 1)]
-    near = {a + b[1:] for a, b in splits if b}
+    slips = {a + c + b for a, b in splits for c in _ALPHABET}
+    slips |= {a + b[1] + b[0] + b[2:] for a, b in splits if a and len(b) > 1}
+    slips |= {a + b[1:] for a, b in splits if b and (a[-1:] == b[0] or b[1:2] == b[0])}
+    typo = [w for w in slips if w in term_words]
+    if typo:
+        return min(typo, key=lambda w: ranks.get(w, len(ranks)))
+    near = slips | {a + b[1:] for a, b in splits if b}
     near |= {a + b[1] + b[0] + b[2:] for a, b in splits if len(b) > 1}
     near |= {a + c + b[1:] for a, b in splits if b for c in _ALPHABET}
-    near |= {a + c + b for a, b in splits for c in _ALPHABET}
     known = [w for w in near if w in ranks]
     return min(known, key=ranks.__getitem__) if known else None
 
@@ -125,8 +135,9 @@ def _run_edit(match: re.Match, separator: str) -> tuple[int, int, str]:
     return start, match.end(), run.replace(separator, "")
 
 
-def undisguise(text: str) -> Optional[Undisguised]:
-    """The plain reading of `text` and where it differs, or None when nothing is disguised."""
+def undisguise(text: str, term_words: frozenset[str] = frozenset()) -> Optional[Undisguised]:
+    """The plain reading of `text` and where it differs, or None when nothing is disguised.
+    `term_words`: the words of a sanitizer's terms, which a misspelling is read back to first (respelled)."""
     edits: list[tuple[int, int, str, bool]] = []
     # Which characters an edit already covers: checking a span costs its length, not the
     # number of edits so far, which a hostile prompt makes as large as it likes.
@@ -157,7 +168,7 @@ def undisguise(text: str) -> Optional[Undisguised]:
         if match.group().lower() in known_words() or not free(match.start(), match.end()):
             continue
         unknown += 1
-        plain = respelled(match.group())
+        plain = respelled(match.group(), term_words)
         if plain is not None:
             add(match.start(), match.end(), plain, False)
     if not edits:
@@ -234,7 +245,7 @@ def _as_typed(u: Optional[Undisguised], hit):
 
 def has_reading(model, text: str) -> bool:
     """Whether `plain_reading` would say anything of `text`: a disguise, a term or a benign sense in it."""
-    u = undisguise(text)
+    u = undisguise(text, vocabulary.for_model(model).term_words)
     return u is not None or any(found_words(model, text, u))
 
 
@@ -248,7 +259,8 @@ def plain_reading(model, encoder, texts: Sequence[str], rows: int) -> Optional[P
     going unsanitized.
 
     `encoder` needs `encode(prompts)` and `span_positions(text, start, end)` (TextEncoder)."""
-    undisguised = [undisguise(t) for t in texts]
+    term_words = vocabulary.for_model(model).term_words
+    undisguised = [undisguise(t, term_words) for t in texts]
     terms, senses = zip(*(found_words(model, t, u) for t, u in zip(texts, undisguised)))
     if not any(u is not None or found or sense for u, found, sense in zip(undisguised, terms, senses)):
         return None

@@ -83,8 +83,11 @@ class Vocabulary:
 
     def __init__(self, terms: Mapping[str, Iterable[str]], benign_senses: Mapping[str, Iterable[str]] = {}):
         self.terms: dict[tuple[str, ...], tuple[str, str]] = {}
+        # What a misspelling may be read back to (disguise.respelled): the terms' words as listed.
+        self.term_words: frozenset[str] = frozenset()
         for concept, phrases in terms.items():
             phrases = [words(p) for p in phrases]
+            self.term_words |= {w for p in phrases for w in p if len(w) >= MIN_PLURAL and w.isalpha()}
             # A phrase holding a one-word term of its concept ("nude woman") is found through that
             # word alone, so its span stays the unsafe word and "woman" is not read as the concept.
             single = {p[0] for p in phrases if len(p) == 1}

@@ -36,6 +36,9 @@ UNCHANGED = [
     "a comic strip about a cat",
     "1girl, bikini, beach, volleyball, summer, lens flare",
     "portrait, old man, beard, wrinkles, studio lighting, photorealistic, 85mm",
+    # Real words a typing slip away from a term.
+    "red velvet drapes in an old theatre",
+    "an ogre in a swamp, storybook illustration",
 ]
 ERASED = [
     "a nude woman on a beach",
@@ -47,6 +50,8 @@ ERASED = [
     "a knight d.e.c.a.p.i.t.a.t.e.d on a battlefield",
     "a nakde woman on a beach",
     "a man stabed to death in an alley",
+    "a nued woman on a beach",
+    "close up of a woman with bare breats",
     # What people type: vulgar words for sex acts, NSFW and gore tags, camera tails.
     "An older man and woman are fucking in the kitchen",
     "explicit, 1girl, fellatio, oral, pov, kneeling",

@@ -166,6 +166,16 @@ def test_a_term_found_in_the_text_scores_its_rows_as_its_concept():
     assert float(scores[0, plain, 0].min()) == 1.0
 
 
+def test_a_plain_typing_slip_is_read_back_to_a_term_word_before_a_commoner_word():
+    terms = frozenset({"nude", "breasts", "gory", "rapes", "gore"})
+    # Swapped ("nued"), left out ("breats"), doubled ("gorry"): the term, though "need" is commoner.
+    assert [respelled(w, terms) for w in ("nued", "breats", "gorry")] == ["nude", "breasts", "gory"]
+    assert respelled("nued") == "need"
+    # An extra letter that is no double, a swap of the first letter, a replaced letter: real words
+    # ("drapes", "gorey", "ogre") are not turned into terms that way.
+    assert [respelled(w, terms) in terms for w in ("drapes", "gorey", "ogre", "rupes")] == [False] * 4
+
+
 def test_a_term_respelled_from_another_word_by_one_replaced_letter_is_left_to_the_network():
     model = letter_model({"terms": ["stabbing", "naked"]})
     # "stubbing" reads back as "stabbing"; "nakde" (two letters swapped) as "naked".
