@@ -8,11 +8,11 @@
 # repositories/ already in place at the commits its launch_utils.py pins (Forge:
 # huggingface_guess; A1111: stable-diffusion-stability-ai, generative-models, k-diffusion,
 # stable-diffusion-webui-assets) and, for A1111 (started with --skip-prepare-environment),
-# openai's CLIP package installed in the venv. README.md ("Checking it in a real webui")
+# openai's CLIP package installed in the venv. docs/a1111.md ("Checking it in a real webui")
 # gives the steps for both.
-# Nothing is downloaded: the checkpoint is random (make_random_sd15_checkpoint.py, which
-# needs a Forge tree's configs and huggingface_guess for its key conversion; for A1111 make
-# it once with a Forge tree, or pass an existing one in RANDOM_CKPT), the CLIP tokenizer is
+# Nothing is downloaded: the checkpoint is random (make_random_sd15_checkpoint.py, from the
+# webui's own configs: A1111's v1-inference.yaml and ldm, or Forge's diffusers configs and
+# huggingface_guess; or pass an existing one in RANDOM_CKPT), the CLIP tokenizer is
 # the one Forge ships in backend/huggingface or, for A1111, built offline from open-clip's
 # vocabulary into an HF cache (make_offline_clip_tokenizer.py), the sanitizers are random
 # test files (make_test_sanitizers.py). Select phases with PHASES="normal enforce refuse bare";
@@ -46,13 +46,13 @@ if [ ! -f "$CKPT" ] && [ -n "${RANDOM_CKPT:-}" ]; then
   mkdir -p "$(dirname "$CKPT")"; ln -s "$(realpath "$RANDOM_CKPT")" "$CKPT"
 fi
 if [ ! -f "$CKPT" ]; then
-  if [ $FLAVOR = a1111 ]; then
-    echo "A1111: set RANDOM_CKPT to a checkpoint made by make_random_sd15_checkpoint.py with a Forge tree" >&2
-    exit 2
-  fi
   mkdir -p "$(dirname "$CKPT")"
-  "$PY" "$HERE/make_random_sd15_checkpoint.py" --configs "$WEBUI/backend/huggingface/runwayml/stable-diffusion-v1-5" \
-      --convert "$WEBUI/repositories/huggingface_guess" --out "$CKPT"
+  if [ $FLAVOR = a1111 ]; then
+    "$PY" "$HERE/make_random_sd15_checkpoint.py" --ldm "$WEBUI" --out "$CKPT"
+  else
+    "$PY" "$HERE/make_random_sd15_checkpoint.py" --configs "$WEBUI/backend/huggingface/runwayml/stable-diffusion-v1-5" \
+        --convert "$WEBUI/repositories/huggingface_guess" --out "$CKPT"
+  fi
 fi
 # the refiner requests need a second SD 1.x checkpoint: the same weights under another name
 ln -sf "$(realpath "$CKPT")" "$WEBUI/models/Stable-diffusion/random-sd15-refiner.safetensors"
