@@ -208,6 +208,44 @@ def test_dual_cfg_guider_negative_is_sanitized_only_below_its_scale_1(guiders, n
         assert reached(guiders.model, negative) is not negative_counts
 
 
+@pytest.mark.parametrize("scales, negative_counts", [({"cfg": 0.5}, True), ({"cfg": 7.0}, False), ({"cfg": "x"}, True),
+                                                     ({"cfg": 7.0, "cfg2": 0.0}, True), ({"cfg": 0.5, "cfg2": 3.0}, False)])
+def test_the_guider_rule_on_a_stand_in_guider(operator_mode, config, sd1_clip, clip_text_encode, scales, negative_counts):
+    """The rule without a ComfyUI that has guiders (CI's vendored one predates them): a guider's
+    negative is sanitized when its sampling starts if its scale (cfg2 where it has one, else cfg)
+    is below 1, and otherwise reaches its own calc_cond_batch call as it is."""
+    enforcer = operator_mode.Enforcer(config)
+    model = base_model("SD15")
+    received = []
+
+    class Guider:           # the parts of comfy.samplers.CFGGuider that operator mode relies on
+        def __init__(self):
+            self.model_patcher, self.original_conds = types.SimpleNamespace(model=model), {}
+
+        def inner_set_conds(self, conds):
+            self.original_conds = {key: converted(value) for key, value in conds.items()}
+
+        def sample(self):
+            self.conds = {key: [entry.copy() for entry in value] for key, value in self.original_conds.items()}
+            samplers.calc_cond_batch(model, [self.conds["negative"], self.conds["positive"]])
+
+    samplers = types.SimpleNamespace(CFGGuider=Guider, sampling_function=lambda *args, **kwargs: None,
+                                     calc_cond_batch=lambda model, conds, *args: received.extend(conds))
+    operator_mode.install_choke_point(enforcer, samplers)
+    operator_mode.install_model_guard(enforcer, samplers)
+    guider = samplers.CFGGuider()
+    negative = encode(clip_text_encode, sd1_clip, UNSAFE_NEGATIVE)
+    guider.inner_set_conds({"positive": encode(clip_text_encode, sd1_clip, "a cat"), "negative": negative})
+    vars(guider).update(scales)
+    guider.sample()
+    [got_negative], [got_positive] = received
+    assert got_positive["embedding_sanitizer"].by == "operator"
+    assert (got_negative["cross_attn"] is negative[0][0]) is not negative_counts
+    if negative_counts:
+        assert got_negative["embedding_sanitizer"].by == "operator"
+    assert guider.original_conds["negative"][0]["cross_attn"] is negative[0][0]     # the guider keeps its own
+
+
 def test_perpneg_empty_conditioning_is_sanitized(guarded, restored_comfy, sd1_clip, clip_text_encode):
     from comfy_extras.nodes_perpneg import PerpNeg
     model = RecordingModel()
