@@ -270,7 +270,8 @@ elif PHASE == "enforce":
     after = refiner_steps(steps)
     print(f"   refiner: HTTP {s}, {len(steps)} steps, {len(after)} after the switch; response: {str(out)[:200]}")
     check(s != 200 and "refused" in str(out), "enforced, refiner: refused")
-    check(after and all("refused" in step for step in after) and not any(step.get("cond_raw") for step in steps),
+    check(after and all("refused" in step for step in after) and not any(True in (step.get("cond_raw") or [])
+                                                                         for step in steps),
           "enforced, refiner: the switch happened and no step after it reached the sampler")
     check(any(e["event"] == "refused" and e.get("stage") == "sampling step" for e in events(n)),
           "enforced, refiner: refusal logged at the sampling step")
