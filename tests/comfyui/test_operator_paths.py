@@ -136,7 +136,7 @@ def guiders(operator_mode, sdxl_config, restored_comfy, monkeypatch):
     ModelPatcher): what sampling hands the model, after the guider's conds are encoded for it."""
     samplers = restored_comfy
     if not hasattr(samplers, "CFGGuider"):
-        pytest.skip("this ComfyUI predates guiders (CFGGuider); run with COMFYUI_ROOT=<ComfyUI 0.3.x checkout>")
+        pytest.skip("this ComfyUI predates guiders (CFGGuider); run tools/comfyui/run_newer_comfyui.sh")
     model = RecordingSDXL()
 
     def sample(self, *args, **kwargs):
