@@ -26,7 +26,8 @@ from make_offline_clip_tokenizer import TEXT_CONFIG  # noqa: E402
 
 
 def ldm_parts(webui: str) -> dict:
-    """UNet and VAE state dicts in ldm keys, from the A1111 checkout's own config and ldm code."""
+    """prefix -> (module, its state dict in ldm keys): UNet and VAE from the A1111 checkout's own
+    config and ldm code."""
     sys.path.insert(0, os.path.join(webui, "repositories", "stable-diffusion-stability-ai"))
     from ldm.util import instantiate_from_config
     from omegaconf import OmegaConf
@@ -36,27 +37,19 @@ def ldm_parts(webui: str) -> dict:
         if module is not unet and hasattr(module, "reset_parameters"):
             module.reset_parameters()
     vae = instantiate_from_config(params.first_stage_config)
-    return {"model.diffusion_model.": unet, "first_stage_model.": vae}
+    return {"model.diffusion_model.": (unet, dict), "first_stage_model.": (vae, dict)}
 
 
 def diffusers_parts(configs: str, convert: str) -> dict:
-    """UNet and VAE state dicts in ldm keys, from diffusers configs and huggingface_guess's conversion."""
+    """prefix -> (module, its state dict in ldm keys): UNet and VAE from diffusers configs, converted by
+    huggingface_guess."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     sys.path.insert(0, convert)
     from huggingface_guess import diffusers_convert
     read = lambda sub: {k: v for k, v in json.load(open(os.path.join(configs, sub, "config.json"))).items()  # noqa: E731
                         if not k.startswith("_")}
-    unet, vae = UNet2DConditionModel(**read("unet")), AutoencoderKL(**read("vae"))
-
-    class Converted(torch.nn.Module):    # state_dict() in ldm keys
-        def __init__(self, module, fn):
-            super().__init__()
-            self.module, self.fn = module, fn
-
-        def state_dict(self, *args, **kwargs):
-            return self.fn(self.module.state_dict())
-    return {"model.diffusion_model.": Converted(unet, diffusers_convert.convert_unet_state_dict),
-            "first_stage_model.": Converted(vae, diffusers_convert.convert_vae_state_dict)}
+    return {"model.diffusion_model.": (UNet2DConditionModel(**read("unet")), diffusers_convert.convert_unet_state_dict),
+            "first_stage_model.": (AutoencoderKL(**read("vae")), diffusers_convert.convert_vae_state_dict)}
 
 
 def main() -> None:
@@ -76,7 +69,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     with torch.no_grad():
         parts = ldm_parts(args.ldm) if args.ldm else diffusers_parts(args.configs, args.convert)
-        for p in parts["model.diffusion_model."].parameters():     # small weights: random but numerically tame
+        for p in parts["model.diffusion_model."][0].parameters():     # small weights: random but numerically tame
             p.mul_(0.1)
         clip = CLIPTextModel(CLIPTextConfig(**{k: v for k, v in TEXT_CONFIG.items() if k != "architectures"}))
         # A1111 rescales every cond to keep its mean (emphasis "Original"): with LayerNorm's initial zero
@@ -85,8 +78,8 @@ def main() -> None:
             if isinstance(module, torch.nn.LayerNorm):
                 module.weight.normal_(1.0, 0.1)
                 module.bias.normal_(0.0, 0.1)
-        parts["cond_stage_model.transformer."] = clip
-    sd = {prefix + k: v for prefix, module in parts.items() for k, v in module.state_dict().items()}
+        parts["cond_stage_model.transformer."] = (clip, dict)
+    sd = {prefix + k: v for prefix, (module, to_ldm) in parts.items() for k, v in to_ldm(module.state_dict()).items()}
     sd = {k: v.detach().to(torch.float16).contiguous() for k, v in sd.items()}
     save_file(sd, args.out)
     print(f"wrote {args.out}: {len(sd)} tensors, {sum(v.numel() for v in sd.values()) / 1e6:.0f}M parameters")
