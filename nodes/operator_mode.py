@@ -21,7 +21,9 @@ Behind the choke point, a guard at the model-apply level (`calc_cond_batch`, or 
 right before the model is evaluated with it, whatever route brought it there (PerpNeg's own empty
 conditioning, GLIGEN's box texts, a future sampler path): each must carry the mark of sanitizing
 that meets the policy, or be the negative of a CFG of 1 or more; anything else is sanitized there
-or refused. Below CFG 1 the negative weighs on the image like a positive and is sanitized as one.
+or refused. Below CFG 1 the negative weighs on the image like a positive and is sanitized as one:
+with guiders when their sampling starts (`CFGGuider.sample`, where the scale is known and the
+pooled vector not yet encoded; DualCFGGuider's scale for its negative is cfg_cond2_negative).
 """
 
 from __future__ import annotations
@@ -385,7 +387,7 @@ def _wrap(owner, name: str, make):
 def install_choke_point(enforcer: Enforcer, samplers) -> str:
     """Patch the sampling choke point of this ComfyUI; returns which one. Raises when none is known."""
     guider = getattr(samplers, "CFGGuider", None)
-    if guider is not None and callable(getattr(guider, "inner_set_conds", None)):
+    if guider is not None and callable(getattr(guider, "inner_set_conds", None)) and callable(getattr(guider, "sample", None)):
         def make(original):
             def inner_set_conds(self, conds):
                 original(self, conds)
@@ -395,6 +397,23 @@ def install_choke_point(enforcer: Enforcer, samplers) -> str:
                         self.original_conds[key] = enforcer.enforce(base_model, key, self.original_conds[key])
             return inner_set_conds
         _wrap(guider, "inner_set_conds", make)
+
+        def make_sample(original):
+            def sample(self, *args, **kwargs):
+                # The CFG scale is set after the conds (comfy.samplers.sample: set_conds, then set_cfg),
+                # so the negative is judged here, before sampling encodes its pooled vector for the model.
+                conds = self.original_conds
+                if NEGATIVE in conds and not negative_scale(self) >= 1:
+                    self.original_conds = {**conds, NEGATIVE: enforcer.enforce(self.model_patcher.model, NEGATIVE,
+                                                                              conds[NEGATIVE])}
+                token = _SAMPLING_GUIDER.set(self)
+                try:
+                    return original(self, *args, **kwargs)
+                finally:
+                    _SAMPLING_GUIDER.reset(token)
+                    self.original_conds = conds
+            return sample
+        _wrap(guider, "sample", make_sample)
         return "comfy.samplers.CFGGuider.inner_set_conds"
     if guider is None and callable(getattr(samplers, "sample", None)) and \
             list(inspect.signature(samplers.sample).parameters)[:4] == ["model", "noise", "positive", "negative"]:
@@ -414,9 +433,31 @@ def install_choke_point(enforcer: Enforcer, samplers) -> str:
 
 
 # The embeddings of the negative of the sampling_function call in progress, when its CFG scale is 1
-# or more: only they may reach the model unsanitized.
+# or more: only they may reach the model unsanitized (None outside sampling_function).
 _PLAIN_NEGATIVES: contextvars.ContextVar = contextvars.ContextVar("embedding_sanitizer_plain_negatives",
-                                                                  default=frozenset())
+                                                                  default=None)
+# The guider whose sample() is in progress: guiders that call calc_cond_batch themselves
+# (DualCFGGuider, PerpNegGuider) pass no CFG scale through sampling_function.
+_SAMPLING_GUIDER: contextvars.ContextVar = contextvars.ContextVar("embedding_sanitizer_guider", default=None)
+
+
+def negative_scale(guider) -> float:
+    """The scale a guider weighs its "negative" with: the image is negative + scale * (rest - negative),
+    so below 1 the negative steers the image toward itself, like a positive. DualCFGGuider's is
+    cfg2 (cfg_cond2_negative, regular and nested style alike), every other guider's cfg; NaN when
+    unreadable, which counts as below 1."""
+    try:
+        return float(guider.cfg2 if hasattr(guider, "cfg2") else guider.cfg)
+    except (TypeError, ValueError, AttributeError):
+        return float("nan")
+
+
+def plain_negatives(guider) -> frozenset:
+    """The embeddings of the running guider's negative when its scale is 1 or more (see _PLAIN_NEGATIVES)."""
+    if guider is None or not negative_scale(guider) >= 1:
+        return frozenset()
+    return frozenset(id(used_embedding(entry)) for entry in (getattr(guider, "conds", None) or {}).get(NEGATIVE) or ()
+                     if isinstance(entry, dict))
 
 
 def install_model_guard(enforcer: Enforcer, samplers) -> str:
@@ -446,6 +487,8 @@ def install_model_guard(enforcer: Enforcer, samplers) -> str:
 
     def checked(model, conds):
         plain = _PLAIN_NEGATIVES.get()
+        if plain is None:      # a guider's own calc_cond_batch call
+            plain = plain_negatives(_SAMPLING_GUIDER.get())
         return [None if entries is None else enforcer.guard(model, "model input", entries, plain) for entries in conds]
 
     if batch_name == "calc_cond_batch":

@@ -450,8 +450,11 @@ def on_infotext_pasted(infotext, params):
 def on_cfg_denoiser(params):
     """Every sampling step, while enforced: refuse the step unless its conds are ones we sanitized
     (W.step_refusal). The webui swallows exceptions here, so a refusal replaces the step's text
-    conditioning with one that raises when the sampler reads it; so does any error while enforced."""
+    conditioning with one that raises when the sampler reads it; so does any error while enforced.
+    Not enforced, a generation we sanitized that switches to other conds (a refiner) is only
+    reported, once: the steps from there on are not sanitized."""
     if not EmbeddingSanitizerScript.enforced():
+        warn_unsanitized_steps(params)
         return
     try:
         # A1111 before 1.7 passes no denoiser: the webui runs one generation at a time, so the last
@@ -466,6 +469,23 @@ def on_cfg_denoiser(params):
         reason = f"Embedding Sanitizer: {problem}; enforcement is on, so the generation is refused"
         log({"event": "refused", "stage": "sampling step", "warning": reason})
         params.text_cond = W.refused_conditioning(reason)
+
+
+def warn_unsanitized_steps(params):
+    p = getattr(getattr(params, "denoiser", None), "p", None)
+    state = getattr(p, "_embedding_sanitizer", None)
+    if state is None or not state["decision"].active or not state["ledger"].keep or state.get("steps_warned"):
+        return
+    try:
+        problem = W.step_refusal(state["ledger"], params.text_cond, params.text_uncond, W.lowest_cfg(p))
+    except Exception as e:
+        problem = f"checking the sampling step failed ({e})"
+    if problem:
+        state["steps_warned"] = True
+        text = f"Embedding Sanitizer: {problem}; the steps from here on were NOT sanitized"
+        log({"event": "problem", "stage": "sampling step", "warning": text, "enforced": False})   # prints it
+        if hasattr(p, "comment"):
+            p.comment(text)
 
 
 def on_model_loaded(sd_model):

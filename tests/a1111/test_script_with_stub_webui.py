@@ -283,6 +283,19 @@ def test_without_enforcement_the_step_check_does_nothing(host):
     assert step(host, p, raw, torch.stack([p.neg])) is raw
 
 
+def test_without_enforcement_a_switch_to_unsanitized_conds_is_reported_once(host, capsys):
+    p = run(host, FakeP("a cat"))
+    sanitized = first_step_conds(p.c)
+    assert step(host, p, sanitized, torch.stack([p.neg])) is sanitized
+    assert "NOT sanitized" not in capsys.readouterr().err
+    raw = first_step_conds(FakeP("a cat").c)                     # a refiner switch: raw conds, no hook
+    for _ in range(3):
+        assert step(host, p, raw, torch.stack([p.neg])) is raw    # not enforced: the generation goes on
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "NOT sanitized" in line]
+    assert len(warnings) == 1 and "refiner" in warnings[0]
+    assert any("steps from here on were NOT sanitized" in text for text in p.comments)
+
+
 @pytest.mark.parametrize("cfg_scale", [0.0, 0.5])
 def test_negative_below_cfg_1_is_sanitized(host, cfg_scale):
     host.opts.embedding_sanitizer_enforce = True

@@ -1,12 +1,14 @@
 """Operator mode on the paths that skip the guider's choke point, in the vendored ComfyUI: a
 negative below CFG 1, PerpNeg's own empty conditioning, GLIGEN's box texts, and configuration
-files that used to make the pack fail to import (ComfyUI then samples with no enforcement).
+files that used to make the pack fail to import (ComfyUI then samples with no enforcement); with a
+ComfyUI that has guiders (COMFYUI_ROOT), an SDXL negative below CFG 1 and DualCFGGuider's negative.
 What the model is evaluated with is compared with the raw encoding."""
 
 from __future__ import annotations
 
 import json
 import sys
+import types
 
 import pytest
 import torch
@@ -41,8 +43,10 @@ class RecordingModel:
     def __init__(self):
         self.model_config = base_model("SD15").model_config
         self.seen = []
+        # ComfyUI 0.3.x asks the model's patcher to prepare every step
+        self.current_patcher = types.SimpleNamespace(prepare_state=lambda timestep: None, apply_hooks=lambda hooks: {})
 
-    def memory_required(self, shape):
+    def memory_required(self, shape, **kwargs):
         return 0
 
     def extra_conds(self, **kwargs):
@@ -100,6 +104,148 @@ def test_negative_at_cfg_1_or_more_stays_as_it_is(guarded, restored_comfy, sd1_c
     assert not reached(model, raw_positive[0][0])           # a positive that skipped the choke point is not
 
 
+# ------------------------------------------------------------------ guiders (ComfyUI since spring 2024)
+
+class RecordingSDXL(RecordingModel):
+    """An SDXL model stand-in: like SDXL's BaseModel, it encodes the pooled output into "y" before sampling."""
+
+    def __init__(self):
+        super().__init__()
+        self.model_config = base_model("SDXL").model_config
+
+    def extra_conds(self, **kwargs):
+        import comfy.conds
+        return {**super().extra_conds(**kwargs), "y": comfy.conds.CONDRegular(kwargs["pooled_output"])}
+
+
+@pytest.fixture()
+def sdxl_config(tmp_path):
+    from embedding_sanitizer import save_sanitizer
+
+    from .conftest import active_sanitizer
+    save_sanitizer(active_sanitizer(2048, 1280, "sdxl-clip-lg", seed=6), tmp_path / "sdxl.safetensors", {})
+    path = tmp_path / "operator-sdxl.json"
+    path.write_text(json.dumps({"sanitizers": {"sdxl-clip-lg": "sdxl.safetensors"}, "min_intensity": 1.0}))
+    return path
+
+
+@pytest.fixture()
+def guiders(operator_mode, sdxl_config, restored_comfy, monkeypatch):
+    """An enforcer with the choke point and the guard installed, and a guider's sample() that runs
+    its real predict_noise once on a recording SDXL model (ComfyUI's own sample() needs a real
+    ModelPatcher): what sampling hands the model, after the guider's conds are encoded for it."""
+    samplers = restored_comfy
+    if not hasattr(samplers, "CFGGuider"):
+        pytest.skip("this ComfyUI predates guiders (CFGGuider); run tools/comfyui/run_newer_comfyui.sh")
+    model = RecordingSDXL()
+
+    def sample(self, *args, **kwargs):
+        x = torch.zeros(1, 4, 8, 8)
+        self.inner_model = model
+        self.conds = {key: samplers.encode_model_conds(model.extra_conds, [e.copy() for e in entries], x, "cpu", key)
+                      for key, entries in self.original_conds.items()}
+        with torch.no_grad():
+            return self.predict_noise(x, torch.tensor([1.0]), model_options={})
+
+    monkeypatch.setattr(samplers.CFGGuider, "sample", sample)
+    enforcer = operator_mode.Enforcer(sdxl_config)
+    operator_mode.install_choke_point(enforcer, samplers)
+    operator_mode.install_model_guard(enforcer, samplers)
+    return types.SimpleNamespace(enforcer=enforcer, model=model, patcher=types.SimpleNamespace(model=model, model_options={}))
+
+
+def sdxl_conditioning(seed):
+    generator = torch.Generator().manual_seed(seed)
+    return [[torch.randn(1, 77, 2048, generator=generator), {"pooled_output": torch.randn(1, 1280, generator=generator)}]]
+
+
+def dual_cfg_guider(patcher, cfg_conds, cfg_cond2_negative, nested):
+    from comfy_extras.nodes_custom_sampler import Guider_DualCFG
+    guider = Guider_DualCFG(patcher)
+    guider.set_conds(sdxl_conditioning(1), sdxl_conditioning(2), sdxl_conditioning(3))
+    try:
+        guider.set_cfg(cfg_conds, cfg_cond2_negative, nested=nested)
+    except TypeError:                    # ComfyUI before the nested style
+        guider.set_cfg(cfg_conds, cfg_cond2_negative)
+    return guider
+
+
+@pytest.mark.parametrize("cfg", [0.0, 0.5])
+def test_sdxl_negative_below_cfg_1_through_a_guider_is_sanitized(guiders, restored_comfy, cfg):
+    guider = restored_comfy.CFGGuider(guiders.patcher)
+    positive, negative = sdxl_conditioning(1), sdxl_conditioning(3)
+    guider.set_conds(positive, negative)       # as comfy.samplers.sample does: the conds, then the scale
+    guider.set_cfg(cfg)
+    guider.sample(None, None, None, None)
+    sanitized = guiders.enforcer.enforce(guiders.model, "negative", converted(negative))[0]["cross_attn"]
+    assert len(guiders.model.seen) == 2
+    assert reached(guiders.model, sanitized) and not reached(guiders.model, negative[0][0])
+    assert guider.original_conds["negative"][0]["cross_attn"] is negative[0][0]    # the guider keeps its own
+
+
+def test_sdxl_negative_at_cfg_1_or_more_through_a_guider_stays_as_it_is(guiders, restored_comfy):
+    guider = restored_comfy.CFGGuider(guiders.patcher)
+    negative = sdxl_conditioning(3)
+    guider.set_conds(sdxl_conditioning(1), negative)
+    guider.set_cfg(4.0)
+    guider.sample(None, None, None, None)
+    assert reached(guiders.model, negative[0][0])
+
+
+@pytest.mark.parametrize("nested", [False, True])
+@pytest.mark.parametrize("cfg_cond2_negative, negative_counts", [(0.0, True), (0.5, True), (1.0, False), (3.0, False)])
+def test_dual_cfg_guider_negative_is_sanitized_only_below_its_scale_1(guiders, nested, cfg_cond2_negative,
+                                                                      negative_counts):
+    # image = negative + cfg_cond2_negative * (rest - negative): the negative steers toward itself below 1
+    guider = dual_cfg_guider(guiders.patcher, 7.0, cfg_cond2_negative, nested)
+    guider.sample(None, None, None, None)
+    negative = sdxl_conditioning(3)[0][0]
+    middle = sdxl_conditioning(2)[0][0]
+    assert not reached(guiders.model, middle)            # cond2 is a positive: always sanitized
+    if cfg_cond2_negative == 1.0 and not nested:
+        assert len(guiders.model.seen) == 2              # ComfyUI leaves the negative out at exactly 1
+    else:
+        assert reached(guiders.model, negative) is not negative_counts
+
+
+@pytest.mark.parametrize("scales, negative_counts", [({"cfg": 0.5}, True), ({"cfg": 7.0}, False), ({"cfg": "x"}, True),
+                                                     ({"cfg": 7.0, "cfg2": 0.0}, True), ({"cfg": 0.5, "cfg2": 3.0}, False)])
+def test_the_guider_rule_on_a_stand_in_guider(operator_mode, config, sd1_clip, clip_text_encode, scales, negative_counts):
+    """The rule without a ComfyUI that has guiders (CI's vendored one predates them): a guider's
+    negative is sanitized when its sampling starts if its scale (cfg2 where it has one, else cfg)
+    is below 1, and otherwise reaches its own calc_cond_batch call as it is."""
+    enforcer = operator_mode.Enforcer(config)
+    model = base_model("SD15")
+    received = []
+
+    class Guider:           # the parts of comfy.samplers.CFGGuider that operator mode relies on
+        def __init__(self):
+            self.model_patcher, self.original_conds = types.SimpleNamespace(model=model), {}
+
+        def inner_set_conds(self, conds):
+            self.original_conds = {key: converted(value) for key, value in conds.items()}
+
+        def sample(self):
+            self.conds = {key: [entry.copy() for entry in value] for key, value in self.original_conds.items()}
+            samplers.calc_cond_batch(model, [self.conds["negative"], self.conds["positive"]])
+
+    samplers = types.SimpleNamespace(CFGGuider=Guider, sampling_function=lambda *args, **kwargs: None,
+                                     calc_cond_batch=lambda model, conds, *args: received.extend(conds))
+    operator_mode.install_choke_point(enforcer, samplers)
+    operator_mode.install_model_guard(enforcer, samplers)
+    guider = samplers.CFGGuider()
+    negative = encode(clip_text_encode, sd1_clip, UNSAFE_NEGATIVE)
+    guider.inner_set_conds({"positive": encode(clip_text_encode, sd1_clip, "a cat"), "negative": negative})
+    vars(guider).update(scales)
+    guider.sample()
+    [got_negative], [got_positive] = received
+    assert got_positive["embedding_sanitizer"].by == "operator"
+    assert (got_negative["cross_attn"] is negative[0][0]) is not negative_counts
+    if negative_counts:
+        assert got_negative["embedding_sanitizer"].by == "operator"
+    assert guider.original_conds["negative"][0]["cross_attn"] is negative[0][0]     # the guider keeps its own
+
+
 def test_perpneg_empty_conditioning_is_sanitized(guarded, restored_comfy, sd1_clip, clip_text_encode):
     from comfy_extras.nodes_perpneg import PerpNeg
     model = RecordingModel()
@@ -112,7 +258,10 @@ def test_perpneg_empty_conditioning_is_sanitized(guarded, restored_comfy, sd1_cl
         def set_model_sampler_cfg_function(self, function, *args):
             self.cfg_function = function
 
-    patched = PerpNeg().patch(Patcher(), empty, 1.0)[0]
+    if hasattr(PerpNeg, "patch"):
+        patched = PerpNeg().patch(Patcher(), empty, 1.0)[0]
+    else:                                                   # ComfyUI 0.3.x: a V3 node
+        patched = PerpNeg.execute(Patcher(), empty, 1.0).result[0]
     positive = [[e["cross_attn"], e] for e in guarded.enforce(model, "positive", converted(
         encode(clip_text_encode, sd1_clip, "a cat")))]
     negative = encode(clip_text_encode, sd1_clip, "blurry")
@@ -158,8 +307,10 @@ def test_hostile_config_loads_the_pack_and_refuses_every_prompt(name, tmp_path, 
     assert "EmbeddingSanitizerApply" in pack.NODE_CLASS_MAPPINGS and enforcer is not None and enforcer.error
     assert enforcer.state() == {"enforced": True, "ready": False, "problem": enforcer.state()["problem"]}
     assert str(tmp_path) not in json.dumps(enforcer.state())
+    model = base_model("SD15")
+    model.model, model.model_options = model, {}           # its own patcher, as ComfyUI 0.3.x's CFGGuider needs
     with pytest.raises(Exception, match="refused to sample") as refused:
-        restored_comfy.sample(base_model("SD15"), None, [], [], 7.0, "cpu", None, None)
+        restored_comfy.sample(model, None, [], [], 7.0, "cpu", None, None)
     assert str(tmp_path) not in str(refused.value)        # the reason, with the path, is in the log only
 
 

@@ -8,25 +8,29 @@
 # repositories/ already in place at the commits its launch_utils.py pins (Forge:
 # huggingface_guess; A1111: stable-diffusion-stability-ai, generative-models, k-diffusion,
 # stable-diffusion-webui-assets) and, for A1111 (started with --skip-prepare-environment),
-# openai's CLIP package installed in the venv. README.md ("Checking it in a real webui")
+# openai's CLIP package installed in the venv. docs/a1111.md ("Checking it in a real webui")
 # gives the steps for both.
-# Nothing is downloaded: the checkpoint is random (make_random_sd15_checkpoint.py, which
-# needs a Forge tree's configs and huggingface_guess for its key conversion; for A1111 make
-# it once with a Forge tree, or pass an existing one in RANDOM_CKPT), the CLIP tokenizer is
+# Nothing is downloaded: the checkpoint is random (make_random_sd15_checkpoint.py, from the
+# webui's own configs: A1111's v1-inference.yaml and ldm, or Forge's diffusers configs and
+# huggingface_guess; or pass an existing one in RANDOM_CKPT), the CLIP tokenizer is
 # the one Forge ships in backend/huggingface or, for A1111, built offline from open-clip's
 # vocabulary into an HF cache (make_offline_clip_tokenizer.py), the sanitizers are random
 # test files (make_test_sanitizers.py). Select phases with PHASES="normal enforce refuse bare";
 # PHASES=browser starts the real UI and checks the accordion in headless chromium
 # (screenshot.py, which writes docs/a1111_accordion*.png; SCREENSHOT_PY = a python with aiohttp).
 # QUICK=1 makes each request one step and one image with fewer bad values (for a slow CPU).
-# It installs this repository as extensions/embedding-sanitizer, then runs four phases
+# It installs this repository as extensions/embedding-sanitizer and the test-only spy
+# sampler_spy.py as extensions/es-sampler-spy (it logs, at every sampling step, whether the conds
+# the model gets are the raw encodings of the prompt texts), links the checkpoint a second time
+# as random-sd15-refiner.safetensors for the refiner requests, then runs four phases
 # through the HTTP API (webui_api_check.py): normal; enforce (including wrong-typed values
 # in args, override_settings and saved options); enforcement with a mismatching sanitizer
 # pinned at startup (refused); and without the extension.
 set -euo pipefail
 WEBUI=$(realpath "$1"); PY=$(realpath -s "$2"); PORT=${PORT:-7899}
 HERE=$(cd "$(dirname "$0")" && pwd); REPO=$(cd "$HERE/../.." && pwd)
-LOG="$WEBUI/embedding_sanitizer_debug.jsonl"; OUT="$WEBUI/es-run"; mkdir -p "$OUT"
+LOG="$WEBUI/embedding_sanitizer_debug.jsonl"; SPY_LOG="$WEBUI/es-sampler-spy.jsonl"
+OUT="$WEBUI/es-run"; mkdir -p "$OUT"
 
 if [ -d "$WEBUI/backend" ]; then FLAVOR=forge; else FLAVOR=a1111; fi
 export WEBUI_FLAVOR=$FLAVOR
@@ -42,20 +46,26 @@ if [ ! -f "$CKPT" ] && [ -n "${RANDOM_CKPT:-}" ]; then
   mkdir -p "$(dirname "$CKPT")"; ln -s "$(realpath "$RANDOM_CKPT")" "$CKPT"
 fi
 if [ ! -f "$CKPT" ]; then
-  if [ $FLAVOR = a1111 ]; then
-    echo "A1111: set RANDOM_CKPT to a checkpoint made by make_random_sd15_checkpoint.py with a Forge tree" >&2
-    exit 2
-  fi
   mkdir -p "$(dirname "$CKPT")"
-  "$PY" "$HERE/make_random_sd15_checkpoint.py" --configs "$WEBUI/backend/huggingface/runwayml/stable-diffusion-v1-5" \
-      --convert "$WEBUI/repositories/huggingface_guess" --out "$CKPT"
+  if [ $FLAVOR = a1111 ]; then
+    "$PY" "$HERE/make_random_sd15_checkpoint.py" --ldm "$WEBUI" --out "$CKPT"
+  else
+    "$PY" "$HERE/make_random_sd15_checkpoint.py" --configs "$WEBUI/backend/huggingface/runwayml/stable-diffusion-v1-5" \
+        --convert "$WEBUI/repositories/huggingface_guess" --out "$CKPT"
+  fi
 fi
+# the refiner requests need a second SD 1.x checkpoint: the same weights under another name
+ln -sf "$(realpath "$CKPT")" "$WEBUI/models/Stable-diffusion/random-sd15-refiner.safetensors"
 "$PY" "$HERE/make_test_sanitizers.py" "$WEBUI/models/sanitizers"
 
 install_extension() {
   rm -rf "$WEBUI/extensions/embedding-sanitizer"; mkdir -p "$WEBUI/extensions/embedding-sanitizer"
   # the files an Extensions-tab install would clone (tracked and new, not ignored)
   (cd "$REPO" && git ls-files -co --exclude-standard -z | xargs -0 cp --parents -t "$WEBUI/extensions/embedding-sanitizer")
+  # the test-only spy that logs what reaches the sampler at every step (sampler_spy.py)
+  rm -rf "$WEBUI/extensions/es-sampler-spy"; mkdir -p "$WEBUI/extensions/es-sampler-spy/scripts"
+  cp "$HERE/sampler_spy.py" "$WEBUI/extensions/es-sampler-spy/scripts/"
+  printf '[scripts/sampler_spy.py]\nAfter = embedding-sanitizer\n' > "$WEBUI/extensions/es-sampler-spy/metadata.ini"
 }
 
 start() {   # $1 = enforce true/false, $2 = weight file, rest = extra args
@@ -69,7 +79,7 @@ start() {   # $1 = enforce true/false, $2 = weight file, rest = extra args
 {"sd_model_checkpoint": "random-sd15.safetensors", "embedding_sanitizer_weights": "$weights",
  "embedding_sanitizer_enforce": $enforce, "hires_fix_use_firstpass_conds": false}
 JSON
-  (cd "$WEBUI" && EMBEDDING_SANITIZER_DEBUG_LOG="$LOG" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
+  (cd "$WEBUI" && EMBEDDING_SANITIZER_DEBUG_LOG="$LOG" ES_SPY_LOG="$SPY_LOG" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
      exec "$PY" launch.py --skip-prepare-environment --skip-install --skip-torch-cuda-test --skip-version-check \
        --skip-python-version-check "${DEVICE_ARGS[@]}" "${ui_args[@]}" --port "$PORT" --ui-settings-file "$OUT/config.json" \
        --no-download-sd-model "$@" > "$OUT/webui-$phase.log" 2>&1) &
@@ -90,7 +100,7 @@ stop() {
 trap stop EXIT
 
 install_extension
-rm -f "$LOG"
+rm -f "$LOG" "$SPY_LOG"
 status=0
 PHASES=${PHASES:-normal enforce refuse bare}
 for phase in $PHASES; do
@@ -104,9 +114,9 @@ for phase in $PHASES; do
   if [ "$phase" = browser ]; then   # headless chromium; writes the README's screenshots into docs/
     "${SCREENSHOT_PY:-$PY}" "$HERE/screenshot.py" "http://127.0.0.1:$PORT" --out-dir "$REPO/docs" || status=1
   else
-    "$PY" "$HERE/webui_api_check.py" "http://127.0.0.1:$PORT" "$phase" "$LOG" || status=1
+    "$PY" "$HERE/webui_api_check.py" "http://127.0.0.1:$PORT" "$phase" "$LOG" "$SPY_LOG" || status=1
   fi
   stop
 done
-echo "webui logs and config in $OUT; debug log $LOG"
+echo "webui logs and config in $OUT; debug log $LOG; sampler spy log $SPY_LOG"
 exit $status

@@ -8,16 +8,30 @@ phase "normal": the extension is installed, enforcement off.
      pass) and the negative conds untouched; the image differs from run 1 at the same seed;
   3. a disguised prompt ("n u d e", "h0use") is read plainly in its schedules and AND part;
   4. override_settings: the weights option switched to the SDXL sanitizer warns and
-     generates unsanitized (enforcement off).
+     generates unsanitized (enforcement off);
+  5. CFG 0 and 0.5 with an unsafe negative prompt: the sampler gets the negative sanitized at
+     every step (the spy), and at CFG 0, where only the negative shapes the image, the pixels
+     differ from the unsanitized ones while another positive prompt changes none; at CFG 5 the
+     negative reaches the sampler as it is;
+  6. a refiner (refiner_checkpoint, refiner_switch_at 0.3): the steps after the switch get raw
+     conds (the spy), and the extension says so.
 phase "enforce": started with enforcement on in config.json.
-  5. the request's toggle off and intensity 0, override_settings and POST /sdapi/v1/options
+  7. the request's toggle off and intensity 0, override_settings and POST /sdapi/v1/options
      switching enforcement off are all ignored: still sanitized, "enforced";
-  6. another weight file named by override_settings is ignored: the operator's is pinned;
-  7. wrong-typed values in alwayson args, override_settings and saved options: every
-     request is refused or sanitized ("enforced"), never answered with an unsanitized image.
+  8. another weight file named by override_settings is ignored: the operator's is pinned;
+  9. wrong-typed values in alwayson args, override_settings and saved options: every
+     request is refused or sanitized ("enforced"), never answered with an unsanitized image;
+ 10. CFG 0 and 0.5 with an unsafe negative and the request's toggle off: sanitized, and no step
+     reaches the sampler with a raw positive or negative (the spy);
+ 11. the refiner request: refused, and no step after the switch reached the sampler.
 phase "refuse": enforcement on with an SDXL sanitizer pinned at startup and an SD 1.x
   checkpoint: the generation is refused (no image).
 phase "bare": the webui without the extension: generation works, no sanitizer infotext.
+
+What reaches the sampler is read from the spy's log (sampler_spy.py, the fourth argument): at
+every step, whether each image's positive and negative conds equal the webui's own encoding of the
+prompt texts. The infotext and the debug log only say what the extension believes it did; images
+are compared by their decoded pixels (the PNG's bytes also hold the parameters text).
 """
 
 import base64
@@ -32,7 +46,7 @@ import urllib.request
 
 from PIL import Image     # the webui's own dependency: this runs with the webui's Python
 
-URL, PHASE, LOG = sys.argv[1], sys.argv[2], sys.argv[3]
+URL, PHASE, LOG, SPY = sys.argv[1:5]
 KEY = "Embedding Sanitizer"
 BASE = {"prompt": "a photo of a [cat:dog:2] AND a red house", "negative_prompt": "blurry, lowres",
         "seed": 1234, "steps": 4, "width": 64, "height": 64, "sampler_name": "Euler",
@@ -74,20 +88,21 @@ def pixel_digest(png_base64: str) -> str:
         return hashlib.sha256(image.convert("RGB").tobytes()).hexdigest()[:16]
 
 
-def events(since):
-    if log_len() == 0:
-        return []
-    with open(LOG, encoding="utf-8") as f:
-        lines = [json.loads(l) for l in f.read().splitlines()]
-    return lines[since:]
-
-
-def log_len():
+def events(since, path=LOG):
     try:
-        with open(LOG, encoding="utf-8") as f:
-            return len(f.read().splitlines())
+        with open(path, encoding="utf-8") as f:
+            return [json.loads(line) for line in f.read().splitlines()][since:]
     except FileNotFoundError:
-        return 0
+        return []
+
+
+def log_len(path=LOG):
+    return len(events(0, path))
+
+
+def spied(since):
+    """The sampling steps the spy saw since `since` (a spy log length)."""
+    return events(since, SPY)
 
 
 def check(cond, what):
@@ -99,6 +114,20 @@ def check(cond, what):
 check.failed = False
 on = {"alwayson_scripts": {KEY: {"args": [True, 1.0]}}}
 off = {"alwayson_scripts": {KEY: {"args": [False, 1.0]}}}
+# An unsafe negative prompt at CFG below 1, where the image is negative + cfg * (positive - negative).
+LOW_CFG = {"prompt": "a red house", "negative_prompt": "a photo of a nude woman", "steps": 2, "batch_size": 1}
+# The refiner switches when the step's completed ratio reaches 0.3: never at 1 step, so 4 even with QUICK=1.
+REFINER = {"prompt": "a red house", "refiner_checkpoint": "random-sd15-refiner.safetensors",
+           "refiner_switch_at": 0.3, "steps": 4, "batch_size": 1}
+
+
+def all_steps(steps, key, value):
+    """Whether the spy saw steps and every one has `key` == value (a list per image)."""
+    return bool(steps) and all(step.get(key) == value for step in steps)
+
+
+def refiner_steps(steps):
+    return [step for step in steps if step["model"].startswith("random-sd15-refiner")]
 
 if PHASE == "normal":
     n = log_len()
@@ -142,13 +171,50 @@ if PHASE == "normal":
     check(s == 200 and KEY not in info["infotexts"][0], "mismatch without enforcement: generates, not sanitized")
     check(any("sdxl-clip-lg sanitizer" in (e.get("warning") or "") for e in events(n)), "mismatch warning logged")
 
+    m = log_len(SPY)
+    s, out, info, raw0 = txt2img(**off, **LOW_CFG, cfg_scale=0)
+    steps = spied(m)
+    check(s == 200 and all_steps(steps, "cond_raw", [True]) and all_steps(steps, "uncond_raw", [True]),
+          f"CFG 0, toggle off: the sampler got the raw positive and negative at every step ({len(steps)} steps)")
+    s, out, info, other0 = txt2img(**off, **{**LOW_CFG, "prompt": "a green tree"}, cfg_scale=0)
+    check(s == 200 and other0 == raw0, "CFG 0, toggle off: another positive prompt changes no pixel")
+    for cfg in (0, 0.5):
+        m = log_len(SPY)
+        s, out, info, img = txt2img(**on, **LOW_CFG, cfg_scale=cfg)
+        steps = spied(m)
+        check(s == 200 and all_steps(steps, "uncond_raw", [False]) and all_steps(steps, "cond_raw", [False]),
+              f"CFG {cfg}, toggle on: the sampler got the negative (and the positive) sanitized at every step")
+        if cfg == 0:
+            check(img is not None and img != raw0, "CFG 0, toggle on: the sanitized negative changed the pixels")
+    m = log_len(SPY)
+    s, out, info, _ = txt2img(**on, **LOW_CFG, cfg_scale=5)
+    steps = spied(m)
+    check(s == 200 and all_steps(steps, "uncond_raw", [True]) and all_steps(steps, "cond_raw", [False]),
+          "CFG 5, toggle on: the negative reached the sampler as it is, the positive sanitized")
+
+    n, m = log_len(), log_len(SPY)
+    s, out, info, _ = txt2img(**on, **REFINER, cfg_scale=5)
+    steps = spied(m)
+    after = refiner_steps(steps)
+    print(f"   refiner: {len(steps)} steps, {len(after)} after the switch")
+    check(s == 200 and after and all_steps(after, "cond_raw", [True]),
+          "refiner without enforcement: the steps after the switch got raw conds (the webui rebuilds them)")
+    check(any("NOT sanitized" in (e.get("warning") or "") for e in events(n)),
+          "refiner without enforcement: the extension reports the unsanitized steps")
+
 
 elif PHASE == "enforce":
     def refused_or_sanitized(what, **request):
+        n = log_len()
         s, out, info, _ = txt2img(**request)
         text = info["infotexts"][0] if s == 200 and info else ""
         outcome = ("sanitized" if KEY in text and "enforced" in text else "UNSANITIZED") if s == 200 else \
             ("refused" if "refused" in str(out) else f"HTTP {s}")
+        if "not JSON compliant" in str(out) and any(e["event"] == "sanitized" and e["enforced"] for e in events(n)):
+            # A1111 echoes the request's settings in its answer and cannot write a NaN there:
+            # the generation was sanitized (the debug log), and no image came back.
+            outcome = "sanitized"
+            print("   (sanitized, then the webui could not write the request's NaN back as JSON: HTTP 500)")
         check(outcome in ("refused", "sanitized"), f"enforced, {what}: {outcome}")
 
     BAD = ["abc", None, {}, float("nan")] if QUICK else ["abc", None, [1], {}, float("nan"), -5, 1e308]
@@ -194,6 +260,27 @@ elif PHASE == "enforce":
     text = info["infotexts"][0] if info else str(out)
     check(s == 200 and "test-sd1-active.safetensors" in text and "enforced" in text,
           f"enforced: a request cannot pick another weight file (HTTP {s})")
+
+    for cfg in (0, 0.5):
+        m = log_len(SPY)
+        s, out, info, _ = txt2img(alwayson_scripts={KEY: {"args": [False, 0.0]}}, **LOW_CFG, cfg_scale=cfg)
+        text = info["infotexts"][0] if info else str(out)
+        steps = spied(m)
+        check(s == 200 and "enforced" in text, f"enforced, CFG {cfg}, unsafe negative: sanitized (HTTP {s})")
+        check(all_steps(steps, "uncond_raw", [False]) and all_steps(steps, "cond_raw", [False]),
+              f"enforced, CFG {cfg}: no step reached the sampler with a raw negative or positive ({len(steps)} steps)")
+
+    n, m = log_len(), log_len(SPY)
+    s, out, info, _ = txt2img(**REFINER, cfg_scale=5)
+    steps = spied(m)
+    after = refiner_steps(steps)
+    print(f"   refiner: HTTP {s}, {len(steps)} steps, {len(after)} after the switch; response: {str(out)[:200]}")
+    check(s != 200 and "refused" in str(out), "enforced, refiner: refused")
+    check(after and all("refused" in step for step in after) and not any(True in (step.get("cond_raw") or [])
+                                                                         for step in steps),
+          "enforced, refiner: the switch happened and no step after it reached the sampler")
+    check(any(e["event"] == "refused" and e.get("stage") == "sampling step" for e in events(n)),
+          "enforced, refiner: refusal logged at the sampling step")
 
 elif PHASE == "refuse":
     n = log_len()
