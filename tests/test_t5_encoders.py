@@ -137,3 +137,20 @@ def test_an_sd3_checkpoint_without_t5_is_refused(parts, tmp_path):
     save_file(state, str(tmp_path / "sd3_medium.safetensors"))
     with pytest.raises(ValueError, match="without T5-XXL"):
         load_encoder(tmp_path / "sd3_medium.safetensors", device="cpu")
+
+
+@torch.no_grad()
+def test_a_flux_diffusers_folder_with_t5_in_shards_loads_the_same_weights(parts, tmp_path):
+    clip_l, _, t5 = parts
+    for folder in ("text_encoder", "text_encoder_2"):
+        (tmp_path / folder).mkdir()
+    save_file(clip_state(clip_l), str(tmp_path / "text_encoder" / "model.safetensors"))
+    state = t5_file_state(t5)
+    keys = sorted(state)
+    for i, part in enumerate((keys[:len(keys) // 2], keys[len(keys) // 2:])):
+        save_file({k: state[k] for k in part}, str(tmp_path / "text_encoder_2" / f"model-0000{i + 1}-of-00002.safetensors"))
+    encoder = load_encoder(tmp_path, device="cpu")
+    assert encoder.family == "flux-t5xxl-clip-l"
+    ids = encoder._t5_ids(PROMPT)
+    expected = t5(input_ids=torch.tensor([ids + [1] + [0] * (255 - len(ids))])).last_hidden_state[0]
+    torch.testing.assert_close(encoder.encode([PROMPT]).embedding[0], expected, atol=1e-5, rtol=1e-5)
