@@ -334,6 +334,8 @@ class CLIPEncoder:
 def random_clip_encoder(family: str, layers: Optional[int] = None, seed: int = 0,
                         device: Optional[str] = None) -> CLIPEncoder:
     """A CLIP encoder of the real architecture with random weights (tests, benchmarks)."""
+    if families.FAMILIES[family].t5_rows:
+        raise ValueError(f"{family}: random_clip_encoder builds the CLIP-only families; this one also reads T5-XXL")
     widths = families.FAMILIES[family].clip_widths
     torch.manual_seed(seed)
     return CLIPEncoder(family, [_clip_model(w, layers) for w in widths],
