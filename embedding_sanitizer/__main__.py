@@ -203,7 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     def common(p):
         p.add_argument("--weights", help="sanitizer weight file (default: the embedded MiniLM sanitizer)")
         p.add_argument("--encoder", help="text encoder: a checkpoint/CLIP .safetensors, a diffusers folder, "
-                                         "or clip_l.safetensors,clip_g.safetensors (default: embedded MiniLM)")
+                                         "clip_l.safetensors,clip_g.safetensors (SDXL), "
+                                         "clip_l.safetensors,clip_g.safetensors,t5xxl.safetensors (SD3) or "
+                                         "clip_l.safetensors,t5xxl.safetensors (Flux; T5 needs "
+                                         "EMBEDDING_SANITIZER_T5_TOKENIZER) (default: embedded MiniLM)")
 
     p = sub.add_parser("demo", help="score a handful of prompts with the embedded default")
     p.add_argument("--weights", help=argparse.SUPPRESS)

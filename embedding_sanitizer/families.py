@@ -22,13 +22,15 @@ class Family:
     pooled_dim: int                      # width of the pooled vector the image model reads; 0 = none
     chunk_length: int                    # 77: independent CLIP chunks; 0: one whole sequence
     conditioning_pooled: Optional[int]   # width of the pooled vector a ComfyUI conditioning carries
-    clip_widths: tuple[int, ...] = ()    # CLIP towers the engine's CLIPEncoder builds, in row order
+    clip_widths: tuple[int, ...] = ()    # CLIP towers the engine builds (encoders.py), in row order
     comfy_models: tuple[str, ...] = ()   # ComfyUI text-encoder classes (CLIP.cond_stage_model)
     webui_type: Optional[str] = None     # the A1111/Forge model type it serves
     comfy_image_models: tuple[str, ...] = ()   # ComfyUI image-model configs that read it (operator mode)
     comfy_parts: tuple[str, ...] = ()    # the sub-encoders the ComfyUI class must hold (SD3's are optional)
     window: int = 0                      # whole-sequence families: rows read together (0: an empty prompt's rows)
     filled_width: int = 0                # features the rows fill, zeros after (SD3's CLIP rows); 0: not checked
+    t5_rows: int = 0                     # T5-XXL rows a prompt is padded to (ComfyUI's min_length); 0: no T5
+    clip_rows: bool = True               # whether the CLIP towers give rows (Flux's CLIP-L gives only the pooled vector)
 
 
 FAMILIES: dict[str, Family] = {f.id: f for f in (
@@ -41,11 +43,12 @@ FAMILIES: dict[str, Family] = {f.id: f for f in (
     # SD3's rows are CLIP chunks of 77, then T5 rows: in windows of 77 each CLIP chunk is read alone at
     # its own positions, as in the CLIP families, and the T5 rows start on a window boundary.
     Family("sd3-clip-lg-t5xxl", "SD3 / SD3.5 (CLIP-L + CLIP-G padded to 4096, then T5-XXL)", 4096, 2048, 0,
-           2048, (), ("SD3ClipModel",), comfy_parts=("clip_l", "clip_g", "t5xxl"), window=77, filled_width=4096),
+           2048, (768, 1280), ("SD3ClipModel",), comfy_parts=("clip_l", "clip_g", "t5xxl"), window=77,
+           filled_width=4096, t5_rows=77),
     Family("sd3-clip-lg", "SD3 / SD3.5 without T5 (CLIP-L + CLIP-G padded to 4096)", 4096, 2048, 77, 2048, (),
            ("SD3ClipModel",), comfy_parts=("clip_l", "clip_g"), filled_width=2048),
-    Family("flux-t5xxl-clip-l", "Flux (T5-XXL rows, CLIP-L pooled)", 4096, 768, 0, 768, (),
-           ("FluxClipModel",)),
+    Family("flux-t5xxl-clip-l", "Flux (T5-XXL rows, CLIP-L pooled)", 4096, 768, 0, 768, (768,),
+           ("FluxClipModel",), t5_rows=256, clip_rows=False),
     Family("t5-base", "T5-base (Stable Audio)", 768, 0, 0, None, (), ("SAT5Model",)),
     Family("minilm", "MiniLM (not an image-model encoder)", 384, 0, 0, None),
 )}

@@ -23,8 +23,8 @@ from .train import TrainConfig, summary_text
 
 RECIPE_KEYS = {"license", "concepts", "config", "sanitizers"}
 ENTRY_KEYS = {"name", "family", "encoder", "file"}
-# The families whose encoders the engine builds from a checkpoint or text-encoder file
-# (encoders.load_encoder): the CLIP families, and the embedded MiniLM.
+# The families whose encoders the engine builds from a checkpoint or text-encoder files
+# (encoders.load_encoder): those of CLIP towers (with T5-XXL for SD3 and Flux), and the embedded MiniLM.
 ENGINE_FAMILIES = {f.id for f in families.FAMILIES.values() if f.clip_widths} | {"minilm"}
 
 
@@ -106,6 +106,8 @@ def plan(recipe: Recipe, out_dir, encoders: Mapping[str, str] = {}, only: Option
          force: bool = False) -> list[tuple[ReleaseEntry, Path]]:
     """The entries to train with their weight paths, after every check that needs no training:
     names, encoder sources, families the engine can build, files that would be replaced."""
+    from .encoders import t5_tokenizer
+
     names = [e.name for e in recipe.entries]
     for name in [*(only or ()), *encoders]:
         if name not in names:
@@ -121,6 +123,8 @@ def plan(recipe: Recipe, out_dir, encoders: Mapping[str, str] = {}, only: Option
         entry = dataclasses.replace(entry, encoder=encoders.get(entry.name, entry.encoder))
         if entry.encoder is None and entry.family != "minilm":
             raise ValueError(f"{entry.name}: no text encoder given; pass --encoder {entry.name}=PATH")
+        if families.FAMILIES[entry.family].t5_rows:
+            t5_tokenizer()      # raises, saying where to get it, before anything trains
         weight = Path(out_dir) / entry.file
         for existing in (weight, card_path(weight)):
             if existing.exists() and not force:

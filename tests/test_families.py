@@ -1,5 +1,6 @@
 """The one table of text-encoder families: ids users' weight files carry, and how hosts find them."""
 
+import pytest
 import torch
 
 from embedding_sanitizer import families
@@ -43,6 +44,9 @@ def test_the_engine_clip_encoder_reads_widths_and_pooled_from_the_table():
     encoder = random_clip_encoder("sdxl-clip-lg", layers=1)
     assert isinstance(encoder, CLIPEncoder)
     assert (encoder.embed_dim, encoder.pooled_dim) == (2048, 1280)
+    # SD3 and Flux list their CLIP towers too, but their rows need T5 (encoders.T5Encoder).
+    with pytest.raises(ValueError, match="also reads T5-XXL"):
+        random_clip_encoder("flux-t5xxl-clip-l", layers=1)
 
 
 def test_filled_width_tells_sd3_without_t5_from_with():

@@ -70,7 +70,7 @@ def test_force_replaces_both(released):
 
 
 @pytest.mark.parametrize("entry, options, message", [
-    ({"name": "sd3", "family": "sd3-clip-lg-t5xxl", "file": "sd3.safetensors"}, {}, "cannot build"),
+    ({"name": "sa", "family": "t5-base", "file": "sa.safetensors"}, {}, "cannot build"),
     ({"name": "sd15", "family": "sd1-clip-l", "file": "sd15.safetensors"}, {}, "pass --encoder sd15=PATH"),
     ({"name": "sd15", "family": "sd1-clip-l", "file": "sd15.safetensors"}, {"only": ["sdxl"]}, "no sanitizer named"),
 ])
@@ -95,3 +95,25 @@ def test_the_shipped_recipe_reads():
     from embedding_sanitizer.paths import PACKAGE_DIR
     recipe = read_recipe(PACKAGE_DIR.parent / "tools" / "release.json")
     assert {e.family for e in recipe.entries} >= {"sd1-clip-l", "sd2-clip-h", "sdxl-clip-lg"}
+
+
+def test_a_flux_entry_trains_on_clip_l_and_t5_files(tmp_path, clip_file, monkeypatch):
+    """SD3 / Flux entries: their text-encoder files given as one comma-separated spec, T5's tokenizer
+    from the folder $EMBEDDING_SANITIZER_T5_TOKENIZER names, checked before training."""
+    from embedding_sanitizer.encoders import T5_TOKENIZER_ENV
+    from tests.tiny_t5 import t5_file_state, t5_model, write_tokenizer
+
+    save_file(t5_file_state(t5_model(64)), str(tmp_path / "t5xxl.safetensors"))     # rows 64 wide, not 4096
+    recipe = write_recipe(tmp_path, [{"name": "flux", "family": "flux-t5xxl-clip-l", "file": "flux-test.safetensors",
+                                      "encoder": f"{clip_file},t5xxl.safetensors"}])
+    monkeypatch.delenv(T5_TOKENIZER_ENV, raising=False)
+    with pytest.raises(FileNotFoundError, match=T5_TOKENIZER_ENV):
+        plan(read_recipe(recipe), tmp_path / "dist")
+    write_tokenizer(tmp_path)
+    monkeypatch.setenv(T5_TOKENIZER_ENV, str(tmp_path))
+    main(["release", "--recipe", str(recipe), "--out", str(tmp_path / "dist"), "--device", "cpu"])
+    model = load_sanitizer(tmp_path / "dist" / "flux-test.safetensors")
+    config = model.config
+    assert (config.encoder_family, config.embed_dim, config.pooled_dim) == ("flux-t5xxl-clip-l", 64, 768)
+    assert (config.chunk_length, config.max_tokens) == (0, 256)
+    assert "Flux" in (tmp_path / "dist" / "flux-test.md").read_text()

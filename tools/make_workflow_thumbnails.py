@@ -4,7 +4,9 @@ example workflow (without it the browser asks for the file and gets a 404).
     python tools/make_workflow_thumbnails.py
 
 Each thumbnail is the workflow's own graph, drawn from its JSON: node boxes where the workflow
-places them, titled as in ComfyUI, links coloured by type, this pack's nodes highlighted.
+places them, titled as in ComfyUI, links coloured by type, this pack's nodes highlighted, and each
+loader's file (the checkpoint, the sanitizer) under its title, so the thumbnail shows what the
+workflow loads. Run it again whenever a workflow changes.
 """
 
 from __future__ import annotations
@@ -66,6 +68,13 @@ def draw(workflow: dict, out: Path) -> None:
         title = node.get("title") or DISPLAY.get(node["type"], node["type"])
         ax.text(x + 10, y - TITLE_BAR / 2, title, color="#eeeeee", fontsize=4.2, va="center", zorder=4,
                 clip_on=True)
+        if "Loader" in node["type"] and node.get("widgets_values"):
+            loaded = ax.text(x + 10, y + 16, str(node["widgets_values"][0]), color="#bdbdbd", fontsize=3.6,
+                             va="center", zorder=4, clip_on=True)
+            room = ax.transData.transform((x + w - 10, 0))[0] - ax.transData.transform((x + 10, 0))[0]
+            drawn = loaded.get_window_extent(fig.canvas.get_renderer()).width
+            if drawn > room:         # smaller, so that the whole file name fits in the box
+                loaded.set_fontsize(3.6 * 0.85 * room / drawn)
     fig.savefig(out, format="jpg", facecolor=fig.get_facecolor(), pil_kwargs={"quality": 88})
     plt.close(fig)
 

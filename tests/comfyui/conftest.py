@@ -51,6 +51,29 @@ def _random_clip(comfy_sd, kind: str, layers: int = 2, seed: int = 0):
     return random_clip(comfy_sd, comfy.sdxl_clip.SDXLTokenizer, comfy.sdxl_clip.SDXLClipModel, layers, seed)
 
 
+def newer(comfy_sd):
+    if not hasattr(comfy_sd, "CLIPType") or not hasattr(comfy_sd.CLIPType, "FLUX"):
+        pytest.skip("needs ComfyUI 0.3.x (T5, SD3, Flux); run tools/comfyui/run_newer_comfyui.sh")
+
+
+@pytest.fixture(scope="session")
+def flux_clip(comfy_sd):
+    """Flux's CLIP-L and T5-XXL (one layer), random: ComfyUI 0.3.x only."""
+    newer(comfy_sd)
+    from comfy.text_encoders import flux
+    return random_clip(comfy_sd, flux.FluxTokenizer, flux.flux_clip(), model_options={
+        "t5xxl_model_config": {"num_layers": 1}})
+
+
+@pytest.fixture(scope="session")
+def sd3_clip(comfy_sd):
+    """SD3's CLIP-L, CLIP-G and T5-XXL (one layer), random: ComfyUI 0.3.x only."""
+    newer(comfy_sd)
+    from comfy.text_encoders import sd3_clip as sd3
+    return random_clip(comfy_sd, sd3.SD3Tokenizer, sd3.sd3_clip(clip_l=True, clip_g=True, t5=True),
+                       model_options={"t5xxl_model_config": {"num_layers": 1}})
+
+
 @pytest.fixture(scope="session")
 def sd1_clip(comfy_sd):
     return _random_clip(comfy_sd, "sd1")

@@ -96,11 +96,16 @@ def test_workflow_has_a_title_and_description(path):
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
 def test_workflow_has_a_note_on_what_it_does_and_how_to_train(path):
     """A first run opens a template with nothing trained: its Note (a core frontend node, one text
-    widget) says what it does and how to train a precise sanitizer."""
-    notes = [n for n in json.loads(path.read_text())["nodes"] if n["type"] == "Note"]
+    widget) says what it does, that the built-in sanitizer needs no file, and how to train a precise
+    one. It is the one text: no `extra.info` (which no frontend shows) repeats it."""
+    data = json.loads(path.read_text())
+    notes = [n for n in data["nodes"] if n["type"] == "Note"]
     assert len(notes) == 1 and notes[0]["properties"] == {"text": ""}
     [text] = notes[0]["widgets_values"]
     assert "train" in text.lower() and "Load Embedding Sanitizer" in text
+    assert "info" not in data["extra"]
+    if path.name != "train_sanitizer.json":
+        assert "built-in sanitizer, which needs no file" in text
 
 
 @pytest.mark.parametrize("path", WORKFLOWS + SAVED, ids=lambda p: p.name)
