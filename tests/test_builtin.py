@@ -129,3 +129,49 @@ def test_the_minilm_judge_flags_words_and_disguises_as_character_spans():
     assert builtin.flagged_spans("a cat on a sofa", intensity=1.0, threshold=0.5) == []
     assert builtin.anchor_text("a nude man", [FlaggedSpan(2, 6, "violence", torch.zeros(2), 1.0)])[0] == \
         "a peaceful man"
+
+
+class ByteLevelLLMEncoder:
+    """A small causal LLM text encoder with a byte-level BPE tokenizer (as Llama 3, Qwen and
+    Gemma-style encoders of newer image models have), random weights: rows are its last hidden
+    states, one per BPE piece, found by the tokenizer's character offsets."""
+
+    def __init__(self):
+        from tokenizers import ByteLevelBPETokenizer
+        from transformers import GPT2Config, GPT2Model
+
+        corpus = ["a woman on a beach", "a photo of a cat sleeping on a sofa", "a red house by a lake"] * 20
+        self.tokenizer = ByteLevelBPETokenizer()
+        self.tokenizer.train_from_iterator(corpus, vocab_size=300, min_frequency=2, show_progress=False)
+        torch.manual_seed(0)
+        self.model = GPT2Model(GPT2Config(vocab_size=self.tokenizer.get_vocab_size(), n_positions=64, n_embd=32,
+                                          n_layer=2, n_head=2)).eval()
+
+    def encode(self, prompts):
+        pieces = [self.tokenizer.encode(p) for p in prompts]
+        width = max(len(p.ids) for p in pieces)
+        ids = torch.tensor([p.ids + [0] * (width - len(p.ids)) for p in pieces])
+        valid = torch.tensor([[i < len(p.ids) for i in range(width)] for p in pieces])
+        with torch.no_grad():
+            hidden = self.model(input_ids=ids, attention_mask=valid.long()).last_hidden_state
+        return EncodedBatch(hidden, None, ids, [p.tokens for p in pieces], valid, valid)
+
+    def span_positions(self, text, start, end):
+        return [i for i, (a, b) in enumerate(self.tokenizer.encode(text).offsets) if a < end and start < b]
+
+
+def test_an_llm_encoder_with_byte_level_pieces_is_erased_from_the_flagged_word_on():
+    host, builtin = ByteLevelLLMEncoder(), BuiltinSanitizer()
+    text = "a nude woman on a beach"
+    found = host.encode([text])
+    word = host.span_positions(text, 2, 6)
+    assert len(word) > 1        # the tokenizer never saw "nude": it spells it in byte-level pieces
+    result = builtin.sanitize(found.embedding, None, text=text, encoder=host, intensity=1.0, threshold=0.5)
+    changed = (result.embedding != found.embedding).any(-1)[0]
+    # A causal encoder's rows before the word are the same in both encodings; from it on they move.
+    assert not changed[:word[0]].any() and changed[word[0]:].all()
+    assert float(result.gates[0, word].min()) >= 0.5
+    benign = host.encode(["a red house by a lake"])
+    untouched = builtin.sanitize(benign.embedding, None, text="a red house by a lake", encoder=host,
+                                 intensity=1.0, threshold=0.5)
+    assert torch.equal(untouched.embedding, benign.embedding)
