@@ -28,13 +28,18 @@ def failsafe(pack):
     return sys.modules[f"{pack.__name__}.operator_failsafe"]
 
 
+def operator_config(folder, family: str, embed_dim: int, pooled_dim: int, seed: int, name: str):
+    """An operator configuration in `folder` naming one active random sanitizer, `name`.safetensors."""
+    from embedding_sanitizer import save_sanitizer
+    save_sanitizer(active_sanitizer(embed_dim, pooled_dim, family, seed=seed), folder / f"{name}.safetensors", {})
+    path = folder / ("operator.json" if name == "sd1" else f"operator-{name}.json")
+    path.write_text(json.dumps({"sanitizers": {family: f"{name}.safetensors"}, "min_intensity": 1.0}))
+    return path
+
+
 @pytest.fixture()
 def config(tmp_path):
-    from embedding_sanitizer import save_sanitizer
-    save_sanitizer(active_sanitizer(768, 0, "sd1-clip-l", seed=5), tmp_path / "sd1.safetensors", {})
-    path = tmp_path / "operator.json"
-    path.write_text(json.dumps({"sanitizers": {"sd1-clip-l": "sd1.safetensors"}, "min_intensity": 1.0}))
-    return path
+    return operator_config(tmp_path, "sd1-clip-l", 768, 0, 5, "sd1")
 
 
 def base_model(class_name: str):

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from .comfy_env import load_pack
-from .test_operator_mode import PROMPT, base_model, config, converted, encode, failsafe, operator_mode  # noqa: F401 (fixtures)
+from .test_operator_mode import (PROMPT, base_model, config, converted, encode, failsafe,  # noqa: F401 (fixtures)
+                                 operator_config, operator_mode)
 
 UNSAFE_NEGATIVE = "a nude woman covered in blood"
 
@@ -120,13 +121,7 @@ class RecordingSDXL(RecordingModel):
 
 @pytest.fixture()
 def sdxl_config(tmp_path):
-    from embedding_sanitizer import save_sanitizer
-
-    from .conftest import active_sanitizer
-    save_sanitizer(active_sanitizer(2048, 1280, "sdxl-clip-lg", seed=6), tmp_path / "sdxl.safetensors", {})
-    path = tmp_path / "operator-sdxl.json"
-    path.write_text(json.dumps({"sanitizers": {"sdxl-clip-lg": "sdxl.safetensors"}, "min_intensity": 1.0}))
-    return path
+    return operator_config(tmp_path, "sdxl-clip-lg", 2048, 1280, 6, "sdxl")
 
 
 @pytest.fixture()
