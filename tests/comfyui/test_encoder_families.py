@@ -3,8 +3,8 @@
 SD 1.x / SDXL run on the vendored ComfyUI (March 2024), which has no T5 and no SD3 / Flux. The
 tests marked `newer_comfy` need ComfyUI 0.3.x (COMFYUI_ROOT=...; see tools/comfyui/run_newer_comfyui.sh)
 and are skipped otherwise: T5-base through CLIPLoader type stable_audio, SD3 (CLIP-L + CLIP-G,
-with and without a one-layer T5-XXL), Flux (CLIP-L + a one-layer T5-XXL), training on T5-base and
-on SD3 with T5.
+with and without a one-layer T5-XXL), Flux (CLIP-L + a one-layer T5-XXL), the built-in sanitizer
+on T5-base and on SD3 without T5, training on T5-base and on SD3 with T5.
 """
 
 from __future__ import annotations
@@ -411,3 +411,24 @@ def test_train_on_t5_base_in_comfyui_then_apply_and_refuse_others(comfy_sd, node
     assert result[0][0].shape == cond[0][0].shape and ui["token_scores"][0]["labelled"]
     with pytest.raises(ValueError, match=r"trained for T5-base.*looks like SD 1\.x"):
         apply(nodes, encode(clip_text_encode, sd1_clip, PROMPT), loaded, clip=sd1_clip, text=PROMPT)
+
+
+@pytest.mark.parametrize("clip_fixture", ["t5_base_clip", "sd3_clip_no_t5"])
+def test_the_builtin_sanitizer_on_t5_alone_and_sd3_without_t5(nodes, clip_fixture, request):
+    import nodes as comfy_nodes
+
+    from embedding_sanitizer.builtin import BUILTIN_NAME
+    clip = request.getfixturevalue(clip_fixture)
+    builtin = nodes["EmbeddingSanitizerLoader"]().load(BUILTIN_NAME)[0]
+    text, benign = "a nude woman on a beach", "a photo of a cat sleeping on a sofa"
+    cond = comfy_nodes.CLIPTextEncode().encode(clip, text)[0]
+    snap = snapshot(cond)
+    out, report, ui = apply(nodes, cond, builtin, 1.0, 0.5, clip=clip, text=text)
+    assert_unchanged(cond, snap)
+    assert report.splitlines()[0].startswith(f"sanitizer: {BUILTIN_NAME}")
+    assert not torch.equal(out[0][0], cond[0][0])
+    # T5's SentencePiece spells the word "nu" + "de", CLIP's BPE "nude": either way it is shown erased.
+    assert "nude" in "".join(t["token"] for t in ui["token_scores"][0]["tokens"] if t["erased"])
+    plain = comfy_nodes.CLIPTextEncode().encode(clip, benign)[0]
+    untouched, _, _ = apply(nodes, plain, builtin, 1.0, 0.5, clip=clip, text=benign)
+    assert torch.equal(untouched[0][0], plain[0][0])
