@@ -226,12 +226,11 @@ def _respelled_into_another_word(u: Optional[Undisguised], hit) -> bool:
     return False
 
 
-def found_words(model, text: str, u: Optional[Undisguised] = None) -> tuple[list, list]:
-    """The terms and the benign senses of the sanitizer's concepts in `text` read plainly
-    (vocabulary.py), as spans of the text as typed: at most vocabulary.MAX_SPANS of each (and one
+def found_words(words: vocabulary.Vocabulary, text: str, u: Optional[Undisguised] = None) -> tuple[list, list]:
+    """The terms and the benign senses of a sanitizer's vocabulary (vocabulary.for_model) in `text`
+    read plainly, as spans of the text as typed: at most vocabulary.MAX_SPANS of each (and one
     per concept more of terms), since each costs a tokenization. `u` is undisguise(text), where
     already known."""
-    words = vocabulary.for_model(model)
     if not words:
         return [], []
     terms, senses = words.read(u.plain if u is not None else text)
@@ -245,8 +244,9 @@ def _as_typed(u: Optional[Undisguised], hit):
 
 def has_reading(model, text: str) -> bool:
     """Whether `plain_reading` would say anything of `text`: a disguise, a term or a benign sense in it."""
-    u = undisguise(text, vocabulary.for_model(model).term_words)
-    return u is not None or any(found_words(model, text, u))
+    words = vocabulary.for_model(model)
+    u = undisguise(text, words.term_words)
+    return u is not None or any(found_words(words, text, u))
 
 
 @torch.no_grad()
@@ -259,9 +259,9 @@ def plain_reading(model, encoder, texts: Sequence[str], rows: int) -> Optional[P
     going unsanitized.
 
     `encoder` needs `encode(prompts)` and `span_positions(text, start, end)` (TextEncoder)."""
-    term_words = vocabulary.for_model(model).term_words
-    undisguised = [undisguise(t, term_words) for t in texts]
-    terms, senses = zip(*(found_words(model, t, u) for t, u in zip(texts, undisguised)))
+    words = vocabulary.for_model(model)
+    undisguised = [undisguise(t, words.term_words) for t in texts]
+    terms, senses = zip(*(found_words(words, t, u) for t, u in zip(texts, undisguised)))
     if not any(u is not None or found or sense for u, found, sense in zip(undisguised, terms, senses)):
         return None
     reading = PlainReading(torch.zeros(len(texts), rows, dtype=torch.bool),
