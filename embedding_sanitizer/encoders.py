@@ -217,6 +217,9 @@ def _clip_model(width: int, layers: Optional[int] = None, state: Optional[dict] 
     return model.eval()
 
 
+HF_TOKEN_EMBEDDING = "text_model.embeddings.token_embedding.weight"     # in every Hugging Face CLIP text model
+
+
 def _openclip_to_hf(state: dict, prefix: str) -> dict:
     """OpenCLIP text-tower keys (SD 2.x / SDXL checkpoints) -> Hugging Face CLIPTextModel keys."""
     out = {}
@@ -225,7 +228,7 @@ def _openclip_to_hf(state: dict, prefix: str) -> dict:
             continue
         k = key[len(prefix):]
         if k == "token_embedding.weight":
-            out["text_model.embeddings.token_embedding.weight"] = value
+            out[HF_TOKEN_EMBEDDING] = value
         elif k == "positional_embedding":
             out["text_model.embeddings.position_embedding.weight"] = value
         elif k.startswith("ln_final."):
@@ -245,6 +248,11 @@ def _openclip_to_hf(state: dict, prefix: str) -> dict:
                         .replace("mlp.c_proj", "mlp.fc2"))
                 out[base + rest] = value
     return out
+
+
+def hf_width(state: dict) -> int:
+    """The width of a Hugging Face CLIP text model's state dict (768 CLIP-L, 1024 CLIP-H, 1280 CLIP-G)."""
+    return state[HF_TOKEN_EMBEDDING].shape[1]
 
 
 def _hf_part(state: dict, prefix: str) -> dict:
@@ -542,10 +550,10 @@ def _t5_family(states: list[dict], name: str, device: Optional[str]) -> T5Encode
     encoder), told apart by the CLIP towers beside T5 (families.clip_widths)."""
     t5 = [s for s in states if T5_KEY in s]
     clips = [s for s in states if T5_KEY not in s]
-    if any("text_model.embeddings.token_embedding.weight" not in s for s in clips):
+    if any(HF_TOKEN_EMBEDDING not in s for s in clips):
         raise ValueError(f"{name}: a part is neither a CLIP text model nor a T5 encoder")
-    clips.sort(key=lambda s: s["text_model.embeddings.token_embedding.weight"].shape[1])
-    widths = tuple(s["text_model.embeddings.token_embedding.weight"].shape[1] for s in clips)
+    clips.sort(key=hf_width)
+    widths = tuple(hf_width(s) for s in clips)
     family = next((f for f in families.FAMILIES.values() if f.t5_rows and f.clip_widths == widths), None)
     if len(t5) != 1 or family is None:
         raise ValueError(f"{name}: T5-XXL needs CLIP-L beside it (Flux), or CLIP-L and CLIP-G (SD3); "
@@ -561,9 +569,6 @@ def _read_safetensors(path: Path) -> dict:
 
 def _from_state(state: dict, name: str, device: Optional[str]) -> CLIPEncoder:
     """Recognise the key layouts users have: standalone CLIP files and SD checkpoints."""
-    def hf_width(part):
-        return part["text_model.embeddings.token_embedding.weight"].shape[1]
-
     if any(k.startswith("text_encoders.") for k in state):                    # SD3 / Flux checkpoint
         parts = [_hf_part(state, f"text_encoders.{part}.transformer.") for part in ("clip_l", "clip_g", "t5xxl")]
         parts = [part for part in parts if part]
@@ -584,7 +589,7 @@ def _from_state(state: dict, name: str, device: Optional[str]) -> CLIPEncoder:
     if any(k.startswith("cond_stage_model.transformer.text_model.") for k in state):    # SD 1.x
         part = _hf_part(state, "cond_stage_model.transformer.")
         return CLIPEncoder("sd1-clip-l", [_clip_model(768, state=part)], name, device)
-    if "text_model.embeddings.token_embedding.weight" in state:                         # CLIP-L file
+    if HF_TOKEN_EMBEDDING in state:                                                     # CLIP-L file
         width = hf_width(state)
         if width == 1024:
             return CLIPEncoder("sd2-clip-h", [_clip_model(1024, state=state)], name, device)
@@ -614,7 +619,7 @@ def load_encoder(spec: Optional[Union[str, Path]] = None, device: Optional[str] 
         if any(T5_KEY in state for state in states) or len(parts) > 2:
             return _t5_family(states, " + ".join(p.name for p in parts), device)
         l_state, g_state = states
-        if l_state["text_model.embeddings.token_embedding.weight"].shape[1] != 768:
+        if hf_width(l_state) != 768:
             l_state, g_state = g_state, l_state
         return CLIPEncoder("sdxl-clip-lg", [_clip_model(768, state=l_state), _clip_model(1280, state=g_state)],
                            " + ".join(p.name for p in parts), device)
