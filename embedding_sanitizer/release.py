@@ -11,7 +11,6 @@ terms. Both are written atomically, and neither replaces an existing file unless
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Callable, Mapping, Optional, Sequence
 from . import families
 from .lexicon import builtin_concepts
 from .train import TrainConfig, summary_text
+from .weights import file_sha256
 
 RECIPE_KEYS = {"license", "concepts", "config", "sanitizers"}
 ENTRY_KEYS = {"name", "family", "encoder", "file"}
@@ -163,14 +163,6 @@ def release(recipe: Recipe, out_dir, encoders: Mapping[str, str] = {}, only: Opt
     return written
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def model_card(entry: ReleaseEntry, summary: dict, weight: Path, license: str) -> str:
     """The Markdown card of a released weight file: what a user needs to pick it and trust it."""
     heldout = summary.get("heldout") or {}
@@ -187,7 +179,7 @@ An Embedding Sanitizer for **{families.label(entry.family)}** (family `{entry.fa
 prompt token for the concepts below and erases them from this text encoder's output embedding. It
 fits this encoder family only; hosts refuse it on another.
 
-- File: `{weight.name}` (SHA-256 `{_sha256(weight)}`)
+- File: `{weight.name}` (SHA-256 `{file_sha256(weight)}`)
 - Trained on: {summary['encoder']}
 - Date: {summary['date']}
 - License: {license}

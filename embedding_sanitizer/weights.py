@@ -8,6 +8,7 @@ anything inconsistent with a one-line reason; pickles are never opened.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -41,6 +42,15 @@ FLOAT_DTYPE_BYTES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
 
 class WeightFileError(ValueError):
     """A weight file is missing, unreadable, not a sanitizer, or inconsistent."""
+
+
+def file_sha256(path: Union[os.PathLike, str]) -> str:
+    """A file's SHA-256, read in 1 MiB blocks (weight files run to gigabytes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def default_weights_path() -> Path:

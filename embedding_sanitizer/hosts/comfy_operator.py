@@ -140,14 +140,6 @@ def _spec(entry: Any, base: Path, where: str) -> SanitizerSpec:
     return SanitizerSpec(path if path.is_absolute() else base / path, digest.lower() if digest else None)
 
 
-def file_sha256(path: os.PathLike | str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 _FINGERPRINTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
