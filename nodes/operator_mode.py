@@ -39,13 +39,13 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Optional
 
-import folder_paths
 import torch
 
 from embedding_sanitizer import families, load_sanitizer
 from embedding_sanitizer.builtin import BUILTIN_NAME, BuiltinSanitizer, is_builtin
-from embedding_sanitizer.hosts.comfy_operator import (MARK_KEY, OperatorConfigError, enforcement_plan, file_sha256,
+from embedding_sanitizer.hosts.comfy_operator import (MARK_KEY, OperatorConfigError, enforcement_plan,
                                           read_operator_config, weights_fingerprint, with_operator)
+from embedding_sanitizer.weights import file_sha256
 
 from ..operator_failsafe import config_location, publish_state, refuse_every_generation
 from .common import sanitize_conditioning
