@@ -44,12 +44,17 @@ def chromium():
         wait_http(f"http://127.0.0.1:{port}/json/version", 60)
         yield port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def stop(proc: subprocess.Popen, grace: float = 15) -> None:
+    """Ask a process to end; kill it if it has not within `grace` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 class Page:

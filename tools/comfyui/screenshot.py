@@ -334,11 +334,7 @@ def comfy_frontend(comfyui: Path):
         yield f"http://127.0.0.1:{port}/"
     finally:
         if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            cdp.stop(proc)
         if os.environ.get("KEEP") is None:
             shutil.rmtree(base, ignore_errors=True)
         else:
