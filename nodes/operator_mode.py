@@ -43,6 +43,7 @@ import torch
 
 from embedding_sanitizer import families, load_sanitizer
 from embedding_sanitizer.builtin import BUILTIN_NAME, BuiltinSanitizer, is_builtin
+from embedding_sanitizer.enforcement import negative_counts
 from embedding_sanitizer.hosts.comfy_operator import (MARK_KEY, OperatorConfigError, enforcement_plan,
                                           read_operator_config, weights_fingerprint, with_operator)
 from embedding_sanitizer.weights import file_sha256
@@ -403,7 +404,7 @@ def install_choke_point(enforcer: Enforcer, samplers) -> str:
                 # The CFG scale is set after the conds (comfy.samplers.sample: set_conds, then set_cfg),
                 # so the negative is judged here, before sampling encodes its pooled vector for the model.
                 conds = self.original_conds
-                if NEGATIVE in conds and not negative_scale(self) >= 1:
+                if NEGATIVE in conds and negative_counts(negative_scale(self)):
                     self.original_conds = {**conds, NEGATIVE: enforcer.enforce(self.model_patcher.model, NEGATIVE,
                                                                               conds[NEGATIVE])}
                 token = _SAMPLING_GUIDER.set(self)
@@ -419,7 +420,7 @@ def install_choke_point(enforcer: Enforcer, samplers) -> str:
             list(inspect.signature(samplers.sample).parameters)[:4] == ["model", "noise", "positive", "negative"]:
         def make(original):
             def sample(model, noise, positive, negative, cfg, *args, **kwargs):
-                if not cfg >= 1:     # the negative weighs like a positive; sanitized before its pooled vector is encoded
+                if negative_counts(cfg):     # sanitized before its pooled vector is encoded
                     negative = enforcer.enforce(model, NEGATIVE, negative)
                 return original(model, noise, enforcer.enforce(model, "positive", positive), negative, cfg,
                                 *args, **kwargs)
@@ -454,7 +455,7 @@ def negative_scale(guider) -> float:
 
 def plain_negatives(guider) -> frozenset:
     """The embeddings of the running guider's negative when its scale is 1 or more (see _PLAIN_NEGATIVES)."""
-    if guider is None or not negative_scale(guider) >= 1:
+    if guider is None or negative_counts(negative_scale(guider)):
         return frozenset()
     return frozenset(id(used_embedding(entry)) for entry in (getattr(guider, "conds", None) or {}).get(NEGATIVE) or ()
                      if isinstance(entry, dict))
@@ -473,7 +474,7 @@ def install_model_guard(enforcer: Enforcer, samplers) -> str:
 
     def make_sampling_function(original):
         def sampling_function(model, x, timestep, uncond, cond, cond_scale, *args, **kwargs):
-            if uncond is not None and not cond_scale >= 1:     # NaN too: below 1 the negative conditions the image
+            if uncond is not None and negative_counts(cond_scale):
                 uncond = enforcer.guard(model, NEGATIVE, uncond)
                 plain = frozenset()
             else:

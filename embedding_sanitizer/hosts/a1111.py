@@ -30,7 +30,7 @@ import torch
 from .. import families, validation
 from ..builtin import BUILTIN_NAME, is_builtin
 from ..disguise import plain_reading
-from ..enforcement import enforced_strength
+from ..enforcement import enforced_strength, negative_counts
 from ..encoders import EncodedBatch, concat_batches, token_span
 from ..model import DEFAULT_THRESHOLD
 
@@ -513,12 +513,6 @@ def lowest_cfg(p) -> float:
         return min(scales)
     except (TypeError, ValueError, AttributeError):
         return float("nan")
-
-
-def negative_counts(cfg_scale: float) -> bool:
-    """Whether the negative conditions the image like a positive: uncond + cfg * (cond - uncond)
-    gives the negative the weight 1 - cfg, positive below CFG 1 (NaN: assume so)."""
-    return not cfg_scale >= 1
 
 
 def step_uses_sanitized(text_cond, produced: Sequence) -> bool:
