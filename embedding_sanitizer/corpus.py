@@ -381,9 +381,9 @@ def weak_examples(concepts: Sequence[Concept]) -> tuple[list[str], list[list[flo
 
 
 def heldout_sets(count_tokens, concepts: Sequence[Concept], pairs_per_concept: int, benign: int,
-                 seed: int, seen: set) -> tuple[list[str], list[str]]:
-    """Unsafe prompts built from held-out terms only, and benign prompts not in `seen`."""
-    unsafe = [ex.unsafe for i, c in enumerate(concepts)
+                 seed: int, seen: set) -> tuple[list[Example], list[str]]:
+    """Unsafe examples built from held-out terms only, and benign prompts not in `seen`."""
+    unsafe = [ex for i, c in enumerate(concepts)
               for ex in make_pairs(c, pairs_per_concept, seed + 100 + i, count_tokens, heldout=True)]
     pool = benign_prompts(benign * 3, seed + 7, concepts, noisy_share=0.2)
     return unsafe, [p for p in dict.fromkeys(pool) if p not in seen][:benign]

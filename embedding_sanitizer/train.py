@@ -279,7 +279,8 @@ def train_sanitizer(encoder: TextEncoder, concepts: Sequence[Concept], config: T
         layers=config.layers, heads=config.heads, encoder_family=encoder.family,
         encoder_name=encoder.name, prompt_prior=config.prompt_prior, prompt_probe=config.prompt_probe)).to(device)
     # The summary below reads prompts as the hosts will, with the words this file will record.
-    model.metadata = {"training": {"vocabulary": vocabulary_record(concepts)}}
+    words = vocabulary_record(concepts)
+    model.metadata = {"training": {"vocabulary": words}}
     if config.prompt_prior:
         set_prompt_prior(model, [enc(prior_prompts(c), f"{c.name} terms") for c in concepts], benign)
     losses = fit(model, config, device, unsafe, anchor, unsafe_labels, benign, benign_target, weak, weak_target,
@@ -288,14 +289,10 @@ def train_sanitizer(encoder: TextEncoder, concepts: Sequence[Concept], config: T
         set_prompt_probe(model, unsafe, [names.index(ex.concept) for ex in pairs], benign, weak, weak_target)
 
     # 4. Measure on held-out terms and prompts.
-    # One concept at a time, so that each held-out unsafe prompt's concept is known: the summary
-    # reports (and warns of) each concept's changed share.
-    heldout_unsafe, owners = [], []
-    for i, concept in enumerate(concepts):
-        prompts = heldout_sets(count, [concept], config.heldout_pairs_per_concept, 0, config.seed + i, set())[0]
-        heldout_unsafe += prompts
-        owners += [concept.name] * len(prompts)
-    heldout_benign = heldout_sets(count, concepts, 0, config.heldout_benign, config.seed, set(corpus.benign))[1]
+    # Each held-out example knows its concept: the summary reports (and warns of) each concept's changed share.
+    examples, heldout_benign = heldout_sets(count, concepts, config.heldout_pairs_per_concept, config.heldout_benign,
+                                            config.seed, set(corpus.benign))
+    heldout_unsafe, owners = [ex.unsafe for ex in examples], [ex.concept for ex in examples]
     if on_stage:
         on_stage("held-out", len(heldout_unsafe) + len(heldout_benign))
     heldout = evaluate(model, encoder, heldout_unsafe, heldout_benign, config.encode_batch, DEFAULT_THRESHOLD,
@@ -315,7 +312,7 @@ def train_sanitizer(encoder: TextEncoder, concepts: Sequence[Concept], config: T
         "heldout": {**heldout, "threshold": DEFAULT_THRESHOLD} if heldout else heldout,
         "warnings": training_warnings(heldout),
         # The words the hosts look for where they have the text (vocabulary.py), as trained.
-        "vocabulary": vocabulary_record(concepts),
+        "vocabulary": words,
         "train_seconds": round(time.time() - started, 1),
         "device": str(device),
     }
