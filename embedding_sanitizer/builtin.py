@@ -30,6 +30,7 @@ itself). Plain PyTorch; the host's encoder is anything with `encode(prompts)` an
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence
 
@@ -264,3 +265,16 @@ def _toward(values: torch.Tensor, target: torch.Tensor, gates: torch.Tensor) -> 
 
 def is_builtin(model) -> bool:
     return isinstance(model, BuiltinSanitizer)
+
+
+_shared: list = []
+_shared_lock = threading.Lock()
+
+
+def shared_builtin() -> BuiltinSanitizer:
+    """The process's one built-in sanitizer, made on first use: it loads MiniLM and the embedded
+    weights, which every host's loader, setting and operator fallback can share."""
+    with _shared_lock:
+        if not _shared:
+            _shared.append(BuiltinSanitizer())
+        return _shared[0]

@@ -42,7 +42,7 @@ from typing import Optional
 import torch
 
 from embedding_sanitizer import families, load_sanitizer
-from embedding_sanitizer.builtin import BUILTIN_NAME, BuiltinSanitizer, is_builtin
+from embedding_sanitizer.builtin import BUILTIN_NAME, BuiltinSanitizer, is_builtin, shared_builtin
 from embedding_sanitizer.enforcement import negative_counts
 from embedding_sanitizer.hosts.comfy_operator import (MARK_KEY, OperatorConfigError, enforcement_plan,
                                           read_operator_config, weights_fingerprint, with_operator)
@@ -313,7 +313,7 @@ class Enforcer:
     def _builtin_sanitizer(self, base_model, family) -> BuiltinSanitizer:
         if self.builtin is None and self.builtin_error is None:
             try:
-                builtin = BuiltinSanitizer()
+                builtin = shared_builtin()
                 builtin.concept_mask(self.policy.concepts)      # raises on a concept it lacks
                 self.builtin = builtin
                 LOG.warning("Embedding Sanitizer: families without a trained file use the %s sanitizer", BUILTIN_NAME)

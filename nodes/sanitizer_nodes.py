@@ -8,7 +8,7 @@ import os
 import folder_paths
 
 from embedding_sanitizer import WeightFileError, load_sanitizer, validation
-from embedding_sanitizer.builtin import BUILTIN_NAME, BuiltinSanitizer
+from embedding_sanitizer.builtin import BUILTIN_NAME, shared_builtin
 from embedding_sanitizer.model import DEFAULT_THRESHOLD
 
 from .common import CATEGORY, FOLDER, node_output, register_folder, sanitize_conditioning
@@ -50,15 +50,6 @@ def _full_path(name: str) -> str:
     return path
 
 
-_builtin: list = []       # the one BuiltinSanitizer, made on first use (it loads MiniLM)
-
-
-def builtin_sanitizer() -> BuiltinSanitizer:
-    if not _builtin:
-        _builtin.append(BuiltinSanitizer())
-    return _builtin[0]
-
-
 class EmbeddingSanitizerLoader:
     DESCRIPTION = ("Loads an Embedding Sanitizer: the built-in one (no file, any text encoder, reads the prompt's "
                    "text) or one trained for your text encoder from models/sanitizers (.safetensors), the "
@@ -94,7 +85,7 @@ class EmbeddingSanitizerLoader:
 
     def load(self, sanitizer_name):
         if sanitizer_name == BUILTIN_NAME:
-            return (builtin_sanitizer(),)
+            return (shared_builtin(),)
         path = _full_path(sanitizer_name)
         try:
             model = load_sanitizer(path, device="cpu")

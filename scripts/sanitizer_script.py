@@ -51,7 +51,7 @@ finally:
     sys.path.remove(_ROOT)
 
 from embedding_sanitizer import default_weights_path, load_sanitizer, read_metadata  # noqa: E402
-from embedding_sanitizer.builtin import BUILTIN_NAME, BuiltinSanitizer  # noqa: E402
+from embedding_sanitizer.builtin import BUILTIN_NAME, shared_builtin  # noqa: E402
 from embedding_sanitizer.hosts import a1111 as W  # noqa: E402
 from embedding_sanitizer import validation  # noqa: E402
 from embedding_sanitizer import report  # noqa: E402
@@ -102,16 +102,12 @@ def opt(key):
 
 def load(name: str, device):
     if name == BUILTIN_NAME:      # it runs on the CPU beside any model; its output goes to the conds' device
-        with _lock:
-            if BUILTIN_NAME not in _models:
-                _models[BUILTIN_NAME] = BuiltinSanitizer()
-            return _models[BUILTIN_NAME]
+        return shared_builtin()
     path = os.path.join(WEIGHTS_DIR, name)
     key = (path, os.path.getmtime(path), str(device))
     with _lock:
         if key not in _models:
-            for old in [k for k in _models if k != BUILTIN_NAME]:
-                del _models[old]
+            _models.clear()
             _models[key] = load_sanitizer(path, device=device)
         return _models[key]
 
