@@ -326,8 +326,10 @@ class EmbeddingSanitizerScript(scripts.Script):
             n, read_plainly = W.sanitize_conditioning(c, model, d, state["ledger"], reader, texts,
                                                       loaded_model_family())
             negative_sanitized = uc is not None and W.negative_counts(W.lowest_cfg(p))
-            if negative_sanitized:
-                n += W.sanitize_conditioning(uc, model, d, state["ledger"], model_family=loaded_model_family())[0]
+            if negative_sanitized:      # read through its own text, as the positive (the built-in sanitizer needs it)
+                _, negative_texts = self.text_reading(p, stage, negative=True)
+                n += W.sanitize_conditioning(uc, model, d, state["ledger"], reader, negative_texts,
+                                             loaded_model_family())[0]
         except Exception as e:
             if d.enforced:
                 raise
@@ -354,17 +356,20 @@ class EmbeddingSanitizerScript(scripts.Script):
              "prompt": W.first_prompt(p)})
 
     @staticmethod
-    def text_reading(p, stage):
-        """(the webui's encoder as disguise.plain_reading reads it, each schedule entry's text), or
-        (None, None) where they cannot be had: then the conds are sanitized on their own reading."""
+    def text_reading(p, stage, negative=False):
+        """(the webui's encoder as disguise.plain_reading reads it, each schedule entry's text of the
+        positive, or of the negative), or (None, None) where they cannot be had: then the conds are
+        sanitized on their own reading."""
         try:
             from modules import devices, prompt_parser
             engine = W.text_engine(p.sd_model)
             if engine is None:
                 return None, None
-            prompts = getattr(p, "hr_prompts", None) if stage == "hires" else None
-            prompts = prompts or getattr(p, "prompts", None) or [p.prompt]
-            texts = W.schedule_texts([str(t) for t in prompts], prompt_parser, *schedule_steps(p, stage))
+            kind = "negative_prompt" if negative else "prompt"
+            prompts = getattr(p, f"hr_{kind}s", None) if stage == "hires" else None
+            prompts = prompts or getattr(p, f"{kind}s", None) or [getattr(p, kind, "")]
+            texts = W.schedule_texts([str(t) for t in prompts], prompt_parser, *schedule_steps(p, stage),
+                                     negative=negative)
 
             def conditioning(texts):
                 with devices.autocast():      # as the webui builds its conds

@@ -412,11 +412,15 @@ def sanitize_conditioning(conditioning, model, decision: Decision, ledger: Sanit
 
 
 def schedule_texts(prompts: Sequence[str], parser, steps: int, hires_steps: Optional[int] = None,
-                   use_old_scheduling: bool = False) -> list[list[tuple[int, str]]]:
-    """(end_at_step, prompt text) of every schedule entry of the positive conditioning the webui
-    builds from `prompts` with these steps, in schedule_lists' order: per image, per AND-part,
-    per schedule. `parser` is the webui's modules.prompt_parser."""
+                   use_old_scheduling: bool = False, negative: bool = False) -> list[list[tuple[int, str]]]:
+    """(end_at_step, prompt text) of every schedule entry of the conditioning the webui builds from
+    `prompts` with these steps, in schedule_lists' order: per image, per AND-part (a negative is
+    one part: the webui does not split it at AND), per schedule. `parser` is the webui's
+    modules.prompt_parser."""
     extra = () if hires_steps is None and not use_old_scheduling else (hires_steps, use_old_scheduling)
+    if negative:
+        schedules = parser.get_learned_conditioning_prompt_schedules(list(prompts), steps, *extra)
+        return [[(end, text) for end, text in schedule] for schedule in schedules]
     out = []
     for prompt in prompts:
         parts, flat, _ = parser.get_multicond_prompt_list([prompt])

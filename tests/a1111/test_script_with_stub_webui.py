@@ -378,3 +378,18 @@ def test_an_empty_folder_sanitizes_with_the_builtin_sanitizer(host, monkeypatch)
         script.process_before_every_sampling(p, True, 1.0, c=p.c, uc=p.uc)   # the runner would swallow this
     with pytest.raises(W.RefusedGeneration, match="reads the prompt's text"):
         list(p.c.batch)
+
+
+@pytest.mark.parametrize("cfg_scale", [0.0, 0.5])
+def test_the_builtin_sanitizer_reads_a_negative_below_cfg_1_by_its_own_text(host, monkeypatch, cfg_scale):
+    for file in host.dir.iterdir():
+        file.unlink()
+    host.opts.embedding_sanitizer_enforce = True
+    p = FakeP("a cat")
+    p.negative_prompts, p.cfg_scale = ["a nude woman on a beach"], cfg_scale
+    p.c = MulticondLearnedConditioning((1,), [[ComposableScheduledPromptConditioning(
+        [ScheduledPromptConditioning(20, p.a)])]])
+    encoded = webui_text_reading(monkeypatch, p)
+    run(host, p)
+    assert encoded == ["a clothed woman on a beach"]         # the negative's anchor text; "a cat" flags nothing
+    assert not torch.equal(p.uc[0][0].cond, p.neg) and torch.equal(p.c.batch[0][0].schedules[0].cond, p.a)

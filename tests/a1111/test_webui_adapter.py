@@ -456,6 +456,9 @@ def test_schedule_texts_follow_the_conditioning_order_and_repeated_parts():
     texts = W.schedule_texts(["a cat AND a n u d e dog AND a cat", "a lake"], PromptParser, 20)
     assert texts == [[(20, "a cat")], [(20, "a n u d e dog")], [(20, "a cat")], [(20, "a lake")]]
     assert W.schedule_texts(["a lake"], PromptParser, 20, 30) == [[(30, "a lake")]]
+    # The webui encodes a negative prompt whole: "AND" is a word there, not a split.
+    assert W.schedule_texts(["a cat AND a n u d e dog", "a lake"], PromptParser, 20, negative=True) == \
+        [[(20, "a cat AND a n u d e dog")], [(20, "a lake")]]
 
 
 def test_text_reader_finds_a_span_in_any_chunk():

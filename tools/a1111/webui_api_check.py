@@ -295,6 +295,10 @@ elif PHASE in ("builtin", "builtin-enforced"):   # nothing in models/sanitizers:
     s, out, info, _ = txt2img(**request, prompt="a red house by a lake", steps=2, batch_size=1)
     check(s == 200 and all_steps(spied(m), "cond_raw", [True]),
           f"built-in, {what}: a harmless prompt reached the sampler as encoded")
+    m = log_len(SPY)
+    s, out, info, _ = txt2img(**request, **LOW_CFG, cfg_scale=0)
+    check(s == 200 and all_steps(spied(m), "uncond_raw", [False]),
+          f"built-in, {what}: at CFG 0 the unsafe negative reached the sampler sanitized, read by its own text")
 
 elif PHASE == "refuse":
     n = log_len()
